@@ -1,0 +1,1 @@
+"""Administration tools: the ``pacs`` command line."""

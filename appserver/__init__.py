@@ -1,0 +1,2 @@
+"""Application Server: users, the REST API, DICOMweb and the web viewer.
+Not yet implemented: nothing starts it."""

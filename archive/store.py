@@ -1,0 +1,98 @@
+"""The archive's tiers and the copies it records.
+
+Every object taken is verified against its SHA-256 before its copy row is
+written (PS3.4 Annex B storage semantics: what we acknowledged is what we
+keep). Recording is idempotent: a resent object is a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sqlalchemy import select
+
+from dbserver.models import ObjectCopy, utcnow
+from services.db import run_in_transaction, unit_of_work
+from services.errors import IntegrityError, StorageError
+from services.settings import Settings, get_settings
+from services.sqlutil import upsert
+from services.storage import FileSystemStore, object_key
+
+LOG = logging.getLogger(__name__)
+TIER_CACHE = "cache"
+
+
+def cache_store(settings: Settings | None = None) -> FileSystemStore:
+    settings = settings or get_settings()
+    return FileSystemStore(settings.cache_path, TIER_CACHE)
+
+
+def ensure_inbox(settings: Settings | None = None) -> Path:
+    settings = settings or get_settings()
+    settings.archive_inbox_path.mkdir(parents=True, exist_ok=True)
+    return settings.archive_inbox_path
+
+
+def record_copies(rows: list[tuple[str, str, int]], tier: str = TIER_CACHE,
+                  settings: Settings | None = None) -> None:
+    """Record verified copies: (sha256, locator, size) each."""
+    if not rows:
+        return
+    now = utcnow()
+    values = [{"sha256": sha, "tier": tier, "locator": loc, "size_bytes": size,
+               "verified_at": now, "created_at": now} for sha, loc, size in rows]
+
+    def work(session):  # noqa: ANN001, ANN202
+        upsert(session, ObjectCopy.__table__, values, ["sha256", "tier"], ["locator", "size_bytes", "verified_at"])
+
+    run_in_transaction(work, settings)
+
+
+def accept_from_inbox(announced: list[list], settings: Settings | None = None) -> int:
+    """Take announced inbox files (``[sha256, size]`` each) into the cache
+    tier, verified, and record their copies. Returns how many were taken.
+
+    An object already in the cache is only recorded; a file whose content
+    does not match its name is dropped from the inbox (the sender keeps its
+    own and resends).
+    """
+    settings = settings or get_settings()
+    store = cache_store(settings)
+    inbox = settings.archive_inbox_path
+    taken: list[tuple[str, str, int]] = []
+    for sha, size in announced:
+        key = object_key(sha)
+        src = inbox / f"{sha}.dcm"
+        if store.exists(key) and store.size(key) == size:
+            src.unlink(missing_ok=True)
+        elif src.is_file():
+            try:
+                store.put_file(key, src, sha)
+            except IntegrityError as exc:
+                LOG.error("inbox object refused: %s", exc)
+                src.unlink(missing_ok=True)
+                continue
+        else:
+            continue
+        taken.append((sha, key, size))
+    record_copies(taken, settings=settings)
+    return len(taken)
+
+
+def verified_copies(shas: list[str], tier: str = TIER_CACHE,
+                    settings: Settings | None = None) -> set[str]:
+    with unit_of_work(settings) as session:
+        found = session.scalars(
+            select(ObjectCopy.sha256).where(ObjectCopy.sha256.in_(shas), ObjectCopy.tier == tier,
+                                            ObjectCopy.verified_at.is_not(None)))
+        return set(found)
+
+
+def verify_copy(sha: str, settings: Settings | None = None) -> bool:
+    """Re-hash the cached copy of ``sha``."""
+    store = cache_store(settings)
+    try:
+        return store.verify(object_key(sha), sha)
+    except StorageError:
+        return False

@@ -1,0 +1,2 @@
+"""Curator: builds the web cache (progressive wavelet images, thumbnails,
+per-series metadata). Not yet implemented: nothing starts it."""

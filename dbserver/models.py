@@ -1,0 +1,241 @@
+"""The schema: SQLAlchemy 2 models. Alembic migrations in ``migrations/``
+are the only way it changes.
+
+Column names mirror DICOM keywords in snake_case. An *object* is one stored
+DICOM file, named by its SHA-256; an *instance* row points at the object that
+currently represents that SOP Instance; every copy of an object on a tier is
+an :class:`ObjectCopy` row (store and remember).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC timestamps on every backend (SQLite keeps them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):  # noqa: ANN001, ANN201
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):  # noqa: ANN001, ANN201
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+UID = String(64)
+TS = UTCDateTime()
+
+
+class Patient(Base):
+    __tablename__ = "patients"
+    __table_args__ = (UniqueConstraint("patient_id", "issuer_of_patient_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
+    patient_name: Mapped[str] = mapped_column(String(324), default="")
+    patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
+    patient_sex: Mapped[str] = mapped_column(String(16), default="")
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+    studies: Mapped[list[Study]] = relationship(back_populates="patient")
+
+
+class Study(Base):
+    __tablename__ = "studies"
+    __table_args__ = (
+        Index("ix_studies_stable_at_pending", "stable", "stable_at"),
+        Index("ix_studies_accession_number", "accession_number"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    patient_fk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    study_date: Mapped[str] = mapped_column(String(8), default="")
+    study_time: Mapped[str] = mapped_column(String(16), default="")
+    accession_number: Mapped[str] = mapped_column(String(64), default="")
+    study_id: Mapped[str] = mapped_column(String(16), default="")
+    study_description: Mapped[str] = mapped_column(String(64), default="")
+    referring_physician_name: Mapped[str] = mapped_column(String(324), default="")
+    modalities_in_study: Mapped[str] = mapped_column(String(256), default="")
+    number_of_study_related_series: Mapped[int] = mapped_column(Integer, default=0)
+    number_of_study_related_instances: Mapped[int] = mapped_column(Integer, default=0)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_received_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+    stable_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+    stable: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+    patient: Mapped[Patient] = relationship(back_populates="studies")
+    series: Mapped[list[Series]] = relationship(back_populates="study")
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_fk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    series_description: Mapped[str] = mapped_column(String(64), default="")
+    body_part_examined: Mapped[str] = mapped_column(String(16), default="")
+    number_of_series_related_instances: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    series_fk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID, default="")
+    instance_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID, default="")
+    number_of_frames: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    columns: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    received_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class SupersededObject(Base):
+    """An object received for a SOP Instance UID that does not (or no longer)
+    represent it: kept aside in the archive, never silently deleted."""
+
+    __tablename__ = "superseded_objects"
+    __table_args__ = (UniqueConstraint("sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(32))  # duplicate-kept-first | overwritten | duplicate-rejected
+    calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    received_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
+class ObjectCopy(Base):
+    """One copy of one object on one tier."""
+
+    __tablename__ = "object_copies"
+    __table_args__ = (UniqueConstraint("sha256", "tier"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    tier: Mapped[str] = mapped_column(String(16))  # cache | longterm
+    locator: Mapped[str] = mapped_column(String(512))
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    verified_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
+class Change(Base):
+    """The change log: what happened to which resource, in order."""
+
+    __tablename__ = "changes"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    change_type: Mapped[str] = mapped_column(String(32))  # new-instance, new-series, new-study, stable-study, ...
+    resource_type: Mapped[str] = mapped_column(String(16))
+    resource_uid: Mapped[str] = mapped_column(UID)
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(TS, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    resource_type: Mapped[str] = mapped_column(String(16), default="")
+    resource_uid: Mapped[str] = mapped_column(String(64), default="")
+    outcome: Mapped[str] = mapped_column(String(16), default="success")
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class DicomNode(Base):
+    __tablename__ = "dicom_nodes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ae_title: Mapped[str] = mapped_column(String(16), unique=True)
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    roles: Mapped[str] = mapped_column(String(128), default="store")  # comma-separated
+    description: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
+class ServiceHeartbeat(Base):
+    """Each running service process says it is alive every few seconds."""
+
+    __tablename__ = "service_heartbeats"
+    __table_args__ = (UniqueConstraint("service", "host", "pid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    service: Mapped[str] = mapped_column(String(32))
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    started_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(TS, default=utcnow, index=True)

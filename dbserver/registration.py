@@ -1,0 +1,262 @@
+"""Registration of received instances: patient → study → series → instance,
+in one transaction per batch, idempotent.
+
+Each item is the header the gateway read (:class:`services.dicom.Header`
+as a dict) plus ``sha256``, ``size_bytes``, ``calling_ae_title`` and
+``received_at`` (ISO 8601). A re-sent identical object is a no-op; a
+different object under a known SOP Instance UID follows
+``PACS_DUPLICATE_POLICY`` and the losing object is recorded as superseded
+(it stays in the archive).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import distinct, func, select, update
+from sqlalchemy.orm import Session
+
+from dbserver.models import Change, Instance, Patient, Series, Study, SupersededObject, utcnow
+from services.db import run_in_transaction, unit_of_work
+from services.dicom import check_uid
+from services.settings import Settings, get_settings
+from services.sqlutil import insert_ignore
+
+LOG = logging.getLogger(__name__)
+
+KEPT_FIRST = "duplicate-kept-first"
+OVERWRITTEN = "overwritten"
+REJECTED = "duplicate-rejected"
+
+
+def _parse_time(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    try:
+        parsed = datetime.fromisoformat(str(value))
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    except ValueError:
+        return utcnow()
+
+
+def _clean(items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop items that cannot be registered (bad UIDs) and exact repeats."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for item in items:
+        try:
+            for key in ("sop_instance_uid", "study_instance_uid", "series_instance_uid"):
+                check_uid(item.get(key), key)
+        except Exception as exc:  # noqa: BLE001
+            LOG.error("unregistrable item %s: %s", item.get("sha256"), exc)
+            continue
+        ident = (item["sop_instance_uid"], item["sha256"])
+        if ident in seen:
+            continue
+        seen.add(ident)
+        item = dict(item)
+        item["received_at"] = _parse_time(item.get("received_at"))
+        out.append(item)
+    out.sort(key=lambda i: i["received_at"])
+    return out
+
+
+def register_instances(items: list[dict[str, Any]], settings: Settings | None = None) -> dict[str, int]:
+    """Register a batch; returns counts of what happened."""
+    settings = settings or get_settings()
+    batch = _clean(items)
+    if not batch:
+        return {"new": 0, "existing": 0, "superseded": 0}
+    return run_in_transaction(lambda session: _register(session, batch, settings), settings)
+
+
+def _ids(session: Session, column, key_column, keys: set) -> dict:  # noqa: ANN001
+    if not keys:
+        return {}
+    return dict(session.execute(select(key_column, column).where(key_column.in_(keys))).all())
+
+
+def _register(session: Session, batch: list[dict[str, Any]], settings: Settings) -> dict[str, int]:
+    now = utcnow()
+    counts = {"new": 0, "existing": 0, "superseded": 0}
+
+    # patients: (patient_id, issuer) identifies one; first-seen demographics kept
+    insert_ignore(session, Patient.__table__, [
+        {"patient_id": i["patient_id"], "issuer_of_patient_id": i.get("issuer_of_patient_id", ""),
+         "patient_name": i.get("patient_name", ""), "patient_birth_date": i.get("patient_birth_date", ""),
+         "patient_sex": i.get("patient_sex", ""), "created_at": now, "updated_at": now}
+        for i in batch], ["patient_id", "issuer_of_patient_id"])
+    pkeys = {(i["patient_id"], i.get("issuer_of_patient_id", "")) for i in batch}
+    patient_ids = {}
+    for pid, issuer, pk in session.execute(
+            select(Patient.patient_id, Patient.issuer_of_patient_id, Patient.id)
+            .where(Patient.patient_id.in_({k[0] for k in pkeys}))):
+        patient_ids[(pid, issuer)] = pk
+
+    study_uids = {i["study_instance_uid"] for i in batch}
+    known_studies = _ids(session, Study.id, Study.study_instance_uid, study_uids)
+    insert_ignore(session, Study.__table__, [
+        {"study_instance_uid": i["study_instance_uid"],
+         "patient_fk": patient_ids[(i["patient_id"], i.get("issuer_of_patient_id", ""))],
+         "study_date": i.get("study_date", ""), "study_time": i.get("study_time", ""),
+         "accession_number": i.get("accession_number", ""), "study_id": i.get("study_id", ""),
+         "study_description": i.get("study_description", ""),
+         "referring_physician_name": i.get("referring_physician_name", ""),
+         "last_received_at": now, "stable_at": now, "stable": False, "created_at": now}
+        for i in batch if i["study_instance_uid"] not in known_studies], ["study_instance_uid"])
+    study_ids = _ids(session, Study.id, Study.study_instance_uid, study_uids)
+
+    series_uids = {i["series_instance_uid"] for i in batch}
+    known_series = _ids(session, Series.id, Series.series_instance_uid, series_uids)
+    insert_ignore(session, Series.__table__, [
+        {"series_instance_uid": i["series_instance_uid"], "study_fk": study_ids[i["study_instance_uid"]],
+         "modality": i.get("modality", ""), "series_number": i.get("series_number"),
+         "series_description": i.get("series_description", ""),
+         "body_part_examined": i.get("body_part_examined", ""), "created_at": now}
+        for i in batch if i["series_instance_uid"] not in known_series], ["series_instance_uid"])
+    series_ids = _ids(session, Series.id, Series.series_instance_uid, series_uids)
+
+    sop_uids = {i["sop_instance_uid"] for i in batch}
+    current = {row.sop_instance_uid: row for row in session.execute(
+        select(Instance.sop_instance_uid, Instance.sha256, Instance.received_at)
+        .where(Instance.sop_instance_uid.in_(sop_uids))).all()}
+    superseded_known = set(session.scalars(
+        select(SupersededObject.sha256).where(SupersededObject.sha256.in_({i["sha256"] for i in batch}))))
+
+    new_rows: dict[str, dict[str, Any]] = {}
+    superseded: list[dict[str, Any]] = []
+    overwrites: list[dict[str, Any]] = []
+    touched_studies: set[int] = set()
+    for item in batch:
+        uid, sha = item["sop_instance_uid"], item["sha256"]
+        row = _instance_row(item, series_ids[item["series_instance_uid"]])
+        held = new_rows.get(uid)
+        held_sha, held_time = (held["sha256"], held["received_at"]) if held else (
+            (current[uid].sha256, current[uid].received_at) if uid in current else (None, None))
+        if held_sha is None:
+            new_rows[uid] = row
+            touched_studies.add(study_ids[item["study_instance_uid"]])
+            continue
+        if held_sha == sha or sha in superseded_known:
+            counts["existing"] += 1
+            continue
+        policy = settings.duplicate_policy
+        if policy == "overwrite" and item["received_at"] >= held_time:
+            superseded.append(_superseded(uid, held_sha, OVERWRITTEN, item))
+            if held:
+                new_rows[uid] = row
+            else:
+                overwrites.append(row)
+            touched_studies.add(study_ids[item["study_instance_uid"]])
+        else:
+            reason = {"keep-first": KEPT_FIRST, "reject": REJECTED}.get(policy, OVERWRITTEN)
+            superseded.append(_superseded(uid, sha, reason, item))
+        counts["superseded"] += 1
+        LOG.warning("SOP Instance %s received again with different content (%s): policy %s",
+                    uid, sha[:12], policy)
+
+    insert_ignore(session, Instance.__table__, list(new_rows.values()), ["sop_instance_uid"])
+    for row in overwrites:
+        session.execute(update(Instance).where(Instance.sop_instance_uid == row["sop_instance_uid"])
+                        .values(**{k: v for k, v in row.items() if k != "sop_instance_uid"}))
+    insert_ignore(session, SupersededObject.__table__, superseded, ["sha256"])
+    counts["new"] = len(new_rows)
+
+    changes = [{"change_type": "new-instance", "resource_type": "instance", "resource_uid": uid,
+                "created_at": now} for uid in new_rows]
+    changes += [{"change_type": "new-study", "resource_type": "study", "resource_uid": uid,
+                 "created_at": now} for uid in study_uids - set(known_studies)]
+    changes += [{"change_type": "new-series", "resource_type": "series", "resource_uid": uid,
+                 "created_at": now} for uid in series_uids - set(known_series)]
+    if changes:
+        session.execute(Change.__table__.insert(), changes)
+    if touched_studies:
+        refresh_aggregates(session, touched_studies,
+                           stable_at=now + timedelta(seconds=settings.study_stable_seconds), now=now)
+    return counts
+
+
+def _instance_row(item: dict[str, Any], series_fk: int) -> dict[str, Any]:
+    return {"sop_instance_uid": item["sop_instance_uid"], "series_fk": series_fk,
+            "sop_class_uid": item.get("sop_class_uid", ""), "instance_number": item.get("instance_number"),
+            "transfer_syntax_uid": item.get("transfer_syntax_uid", ""),
+            "number_of_frames": item.get("number_of_frames"), "rows": item.get("rows"),
+            "columns": item.get("columns"), "sha256": item["sha256"],
+            "size_bytes": int(item.get("size_bytes", 0)),
+            "calling_ae_title": (item.get("calling_ae_title") or "")[:16],
+            "received_at": item["received_at"]}
+
+
+def _superseded(uid: str, sha: str, reason: str, item: dict[str, Any]) -> dict[str, Any]:
+    return {"sop_instance_uid": uid, "sha256": sha, "reason": reason,
+            "calling_ae_title": (item.get("calling_ae_title") or "")[:16],
+            "received_at": item["received_at"]}
+
+
+def refresh_aggregates(session: Session, study_ids: set[int], stable_at: datetime | None = None,
+                       now: datetime | None = None) -> None:
+    """Recompute the counts, modalities and size of studies and their
+    series; with ``stable_at``, push the studies' stable time (debounce)."""
+    series_counts = session.execute(
+        select(Series.id, func.count(Instance.id))
+        .join(Instance, Instance.series_fk == Series.id, isouter=True)
+        .where(Series.study_fk.in_(study_ids)).group_by(Series.id)).all()
+    for series_id, n in series_counts:
+        session.execute(update(Series).where(Series.id == series_id)
+                        .values(number_of_series_related_instances=n))
+    rows = session.execute(
+        select(Series.study_fk, func.count(distinct(Series.id)), func.count(Instance.id),
+               func.coalesce(func.sum(Instance.size_bytes), 0))
+        .join(Instance, Instance.series_fk == Series.id, isouter=True)
+        .where(Series.study_fk.in_(study_ids)).group_by(Series.study_fk)).all()
+    modalities: dict[int, set[str]] = {}
+    for study_fk, modality in session.execute(
+            select(Series.study_fk, Series.modality).where(Series.study_fk.in_(study_ids))):
+        if modality:
+            modalities.setdefault(study_fk, set()).add(modality)
+    for study_fk, n_series, n_instances, size in rows:
+        values: dict[str, Any] = {
+            "number_of_study_related_series": n_series,
+            "number_of_study_related_instances": n_instances,
+            "size_bytes": int(size),
+            "modalities_in_study": "\\".join(sorted(modalities.get(study_fk, ()))),
+        }
+        if stable_at is not None:
+            values.update(stable_at=stable_at, stable=False, last_received_at=now or utcnow())
+        session.execute(update(Study).where(Study.id == study_fk).values(**values))
+
+
+def mark_stable_studies(settings: Settings | None = None) -> list[str]:
+    """Mark every study whose stable time has passed as stable; one change
+    row each. Atomic, so several workers may run it at once."""
+    settings = settings or get_settings()
+
+    def work(session: Session) -> list[str]:
+        now = utcnow()
+        uids = list(session.scalars(
+            update(Study).where(Study.stable.is_(False), Study.stable_at <= now)
+            .values(stable=True).returning(Study.study_instance_uid)))
+        if uids:
+            session.execute(Change.__table__.insert(), [
+                {"change_type": "stable-study", "resource_type": "study", "resource_uid": uid,
+                 "created_at": now} for uid in uids])
+        return uids
+
+    uids = run_in_transaction(work, settings)
+    for uid in uids:
+        LOG.info("study %s is stable", uid)
+    return uids
+
+
+def registered(shas: list[str], settings: Settings | None = None) -> set[str]:
+    """Which of these objects the index knows (as an instance or superseded)."""
+    if not shas:
+        return set()
+    with unit_of_work(settings) as session:
+        found = set(session.scalars(select(Instance.sha256).where(Instance.sha256.in_(shas))))
+        found |= set(session.scalars(select(SupersededObject.sha256).where(SupersededObject.sha256.in_(shas))))
+    return found
+

@@ -1,0 +1,245 @@
+"""DICOM helpers: UID checks, the transfer syntaxes we accept, and reading
+the header tags the index needs without touching pixel data."""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import pydicom
+from pydicom import uid as _uid
+from pydicom.errors import InvalidDicomError as _PydicomInvalid
+
+from services.errors import InvalidDicomError
+
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_LENIENT_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def check_uid(value: object, what: str = "UID", strict: bool = False) -> str:
+    """Return ``value`` as a UID string, or raise :class:`InvalidDicomError`.
+
+    PS3.5 §9.1: at most 64 characters, digits and dots, no empty component.
+    Leading zeros in a component are tolerated unless ``strict`` (real
+    modalities send them), but anything that could touch a path or a query
+    (``/``, ``..``, spaces, letters) is refused.
+    """
+    text = str(value or "").strip().rstrip("\x00")
+    if not text:
+        raise InvalidDicomError(f"missing {what}")
+    if len(text) > 64:
+        raise InvalidDicomError(f"{what} longer than 64 characters")
+    pattern = _UID_RE if strict else _LENIENT_UID_RE
+    if not pattern.match(text):
+        raise InvalidDicomError(f"{what} {text[:80]!r} is not a valid UID (digits and dots only)")
+    return text
+
+
+def is_valid_uid(value: object) -> bool:
+    try:
+        check_uid(value)
+        return True
+    except InvalidDicomError:
+        return False
+
+
+# Transfer syntaxes accepted for storage: native, deflate and the common
+# compressed ones. Objects are stored as received, never transcoded.
+STORAGE_TRANSFER_SYNTAXES: list[str] = [
+    _uid.ExplicitVRLittleEndian,
+    _uid.ImplicitVRLittleEndian,
+    _uid.ExplicitVRBigEndian,
+    _uid.DeflatedExplicitVRLittleEndian,
+    _uid.JPEGBaseline8Bit,
+    _uid.JPEGExtended12Bit,
+    _uid.JPEGLossless,
+    _uid.JPEGLosslessSV1,
+    _uid.JPEGLSLossless,
+    _uid.JPEGLSNearLossless,
+    _uid.JPEG2000Lossless,
+    _uid.JPEG2000,
+    _uid.HTJ2KLossless,
+    _uid.HTJ2KLosslessRPCL,
+    _uid.HTJ2K,
+    _uid.RLELossless,
+    _uid.MPEG2MPML,
+    _uid.MPEG4HP41,
+    _uid.MPEG4HP41BD,
+]
+
+
+@dataclass(slots=True)
+class Header:
+    """What the index keeps of one instance: read from the header only."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    patient_id: str = ""
+    issuer_of_patient_id: str = ""
+    patient_name: str = ""
+    patient_birth_date: str = ""
+    patient_sex: str = ""
+    study_date: str = ""
+    study_time: str = ""
+    accession_number: str = ""
+    study_id: str = ""
+    study_description: str = ""
+    referring_physician_name: str = ""
+    modality: str = ""
+    series_number: int | None = None
+    series_description: str = ""
+    body_part_examined: str = ""
+    instance_number: int | None = None
+    number_of_frames: int | None = None
+    rows: int | None = None
+    columns: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_TEXT_TAGS = {
+    "patient_id": "PatientID",
+    "issuer_of_patient_id": "IssuerOfPatientID",
+    "patient_name": "PatientName",
+    "patient_birth_date": "PatientBirthDate",
+    "patient_sex": "PatientSex",
+    "study_date": "StudyDate",
+    "study_time": "StudyTime",
+    "accession_number": "AccessionNumber",
+    "study_id": "StudyID",
+    "study_description": "StudyDescription",
+    "referring_physician_name": "ReferringPhysicianName",
+    "modality": "Modality",
+    "series_description": "SeriesDescription",
+    "body_part_examined": "BodyPartExamined",
+}
+_INT_TAGS = {
+    "series_number": "SeriesNumber",
+    "instance_number": "InstanceNumber",
+    "number_of_frames": "NumberOfFrames",
+    "rows": "Rows",
+    "columns": "Columns",
+}
+_LIMITS = {"patient_name": 324, "referring_physician_name": 324, "patient_sex": 16,
+           "modality": 16, "body_part_examined": 16, "study_id": 16, "study_time": 16,
+           "patient_birth_date": 8, "study_date": 8}
+
+
+def _text(ds: pydicom.Dataset, keyword: str, limit: int) -> str:
+    try:
+        value = ds.get(keyword, "")
+    except Exception:  # noqa: BLE001 - a malformed optional tag is not fatal
+        return ""
+    if value is None:
+        return ""
+    return str(value).strip().replace("\x00", "")[:limit]
+
+
+def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+_SEQ_DELIM_LE = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_SEQ_DELIM_BE = b"\xff\xfe\xe0\xdd\x00\x00\x00\x00"
+_UNDEFINED = 0xFFFFFFFF
+
+
+def _check_complete(ds: pydicom.Dataset, size: int) -> None:
+    """Refuse a dataset whose last element runs past the end of the data.
+
+    pydicom reads a truncated value silently short; a received object must
+    be whole, so the last top-level element's declared length is checked
+    against the bytes we have (PS3.5 §7.1).
+    """
+    raw = list(ds._dict.values())[-1] if len(ds._dict) else None  # noqa: SLF001
+    tell = getattr(raw, "value_tell", None)
+    if raw is None or tell is None:
+        return
+    length = raw.length
+    if length == _UNDEFINED:
+        return  # checked by the caller on the raw bytes (delimiter at the end)
+    if tell + length > size:
+        raise InvalidDicomError(
+            f"truncated dataset: element {raw.tag} declares {length} bytes, "
+            f"{max(0, size - tell)} received"
+        )
+
+
+def read_header(data: bytes, transfer_syntax_uid: str | None = None) -> Header:
+    """Parse the header of a DICOM file (with or without file meta) and
+    return what the index needs. Element values other than those indexed are
+    never decoded, and pixel data is never decompressed.
+
+    Raises :class:`InvalidDicomError` with a reason a modality operator can act
+    on: unreadable or truncated dataset, missing or malformed UIDs.
+    """
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        meta0 = getattr(ds, "file_meta", None)
+        ts0 = str(transfer_syntax_uid or (meta0.get("TransferSyntaxUID", "") if meta0 else ""))
+        if ts0 != _uid.DeflatedExplicitVRLittleEndian:
+            _check_complete(ds, len(data))
+            last = list(ds._dict.values())[-1] if len(ds._dict) else None  # noqa: SLF001
+            if last is not None and getattr(last, "length", 0) == _UNDEFINED and not (
+                data.endswith(_SEQ_DELIM_LE) or data.endswith(_SEQ_DELIM_BE)
+            ):
+                raise InvalidDicomError("truncated dataset: undefined-length element not closed")
+    except InvalidDicomError:
+        raise
+    except (_PydicomInvalid, EOFError, ValueError, KeyError, TypeError, OSError, AttributeError,
+            NotImplementedError) as exc:
+        raise InvalidDicomError(f"unreadable dataset: {exc}") from exc
+    meta = getattr(ds, "file_meta", None)
+    ts = transfer_syntax_uid or (meta.get("TransferSyntaxUID") if meta else None) or ""
+    sop_class = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else "")
+    header = Header(
+        sop_instance_uid=check_uid(ds.get("SOPInstanceUID"), "SOP Instance UID"),
+        sop_class_uid=check_uid(sop_class, "SOP Class UID"),
+        study_instance_uid=check_uid(ds.get("StudyInstanceUID"), "Study Instance UID"),
+        series_instance_uid=check_uid(ds.get("SeriesInstanceUID"), "Series Instance UID"),
+        transfer_syntax_uid=check_uid(ts, "Transfer Syntax UID") if ts else "",
+    )
+    for attr, keyword in _TEXT_TAGS.items():
+        setattr(header, attr, _text(ds, keyword, _LIMITS.get(attr, 64)))
+    for attr, keyword in _INT_TAGS.items():
+        setattr(header, attr, _int(ds, keyword))
+    if meta is not None:
+        sop_meta = meta.get("MediaStorageSOPInstanceUID")
+        if sop_meta and str(sop_meta).strip() != header.sop_instance_uid:
+            raise InvalidDicomError(
+                "file meta MediaStorageSOPInstanceUID differs from the dataset's SOP Instance UID"
+            )
+    return header
+
+
+def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str,
+                    source_ae: str = "") -> bytes:
+    """The 128-byte preamble, ``DICM`` and a File Meta Information group
+    (PS3.10 §7.1) for a dataset received over the network."""
+    meta = pydicom.dataset.FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = transfer_syntax_uid
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    if source_ae:
+        meta.SourceApplicationEntityTitle = source_ae
+    buf = io.BytesIO()
+    buf.write(b"\x00" * 128 + b"DICM")
+    pydicom.filewriter.write_file_meta_info(buf, meta, enforce_standard=True)
+    return buf.getvalue()
+
+
+IMPLEMENTATION_CLASS_UID = "2.25.31429545862299478145401841709000354686"
+IMPLEMENTATION_VERSION_NAME = "PACSCLUSTER_01"

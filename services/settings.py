@@ -1,0 +1,146 @@
+"""One settings object for every service and command.
+
+Every value comes from the environment (prefix ``PACS_``), optionally from a
+TOML file named by ``PACS_CONFIG_FILE``, else from the defaults below (those of
+DESIGN.md). A bad value fails at start with a message naming the variable:
+see :func:`load_settings`.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from services.errors import ConfigurationError
+
+DuplicatePolicy = Literal["keep-first", "overwrite", "reject"]
+TransferMode = Literal["auto", "local", "http"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PACS_", extra="ignore", validate_default=True
+    )
+
+    # --- where things live -------------------------------------------------
+    data_dir: Path = Path("./pacs-data")
+    database_url: str = ""  # "" → SQLite in the data folder
+    broker_url: str = ""  # "" → server-less filesystem transport in the data folder
+    spool_dir: Path | None = None  # default DATA_DIR/spool
+    cache_dir: Path | None = None  # archive cache tier, default DATA_DIR/archive/cache
+
+    # --- DICOM -------------------------------------------------------------
+    dicom_host: str = "0.0.0.0"
+    dicom_port: int = Field(11112, ge=1, le=65535)
+    dicom_ae_title: str = "PACS"
+    dicom_require_known_ae: bool = False
+    dicom_max_pdu: int = Field(4 * 1024 * 1024, ge=0)
+    gateway_processes: int = Field(2, ge=1, le=64)
+    duplicate_policy: DuplicatePolicy = "keep-first"
+
+    # --- other ports -------------------------------------------------------
+    hl7_port: int = Field(2575, ge=1, le=65535)
+    http_port: int = Field(8080, ge=1, le=65535)
+    archive_host: str = "127.0.0.1"
+    archive_port: int = Field(8081, ge=1, le=65535)
+    archive_url: str = ""  # "" → http://ARCHIVE_HOST:ARCHIVE_PORT
+
+    # --- behaviour ---------------------------------------------------------
+    transfer_mode: TransferMode = "auto"
+    study_stable_seconds: float = Field(60.0, ge=0)
+    spool_resend_seconds: float = Field(30.0, gt=0)
+    sweep_interval_seconds: float = Field(5.0, gt=0)
+    worker_concurrency: int = Field(1, ge=1, le=64)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("dicom_ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        value = value.strip()
+        if not 1 <= len(value) <= 16 or "\\" in value or not value.isprintable():
+            raise ValueError("an AE title is 1 to 16 printable characters, no backslash")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = os.environ.get("PACS_CONFIG_FILE")
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    # --- derived values ----------------------------------------------------
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_path / 'pacs.db'}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.data_path / "broker"
+
+    @property
+    def spool_path(self) -> Path:
+        return (self.spool_dir or self.data_path / "spool").expanduser().resolve()
+
+    @property
+    def cache_path(self) -> Path:
+        return (self.cache_dir or self.data_path / "archive" / "cache").expanduser().resolve()
+
+    @property
+    def archive_inbox_path(self) -> Path:
+        """Where a local handoff links spool files for the archive to take."""
+        return self.cache_path.parent / "inbox"
+
+    @property
+    def effective_archive_url(self) -> str:
+        return (self.archive_url or f"http://{self.archive_host}:{self.archive_port}").rstrip("/")
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        value = os.environ.get(f"PACS_{field.upper()}")
+        shown = f" (got {value!r})" if value is not None else ""
+        lines.append(f"PACS_{field.upper()}: {err['msg']}{shown}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build and validate the settings; raise :class:`ConfigurationError` naming
+    each bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigurationError(_explain(exc)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, loaded once."""
+    return load_settings()
