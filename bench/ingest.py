@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -166,7 +165,7 @@ def _ct_dataset(study_uid: str, series_uid: str, frame_uid: str, patient_id: str
 
 
 # --------------------------------------------------------------------------
-# helpers
+# processes and ports
 # --------------------------------------------------------------------------
 
 def free_port() -> int:
@@ -207,7 +206,10 @@ def http_ok(url: str) -> bool:
 
 def start(cmd: list[str], log: Path, env: dict[str, str] | None = None,
           cwd: Path | None = None) -> subprocess.Popen:
-    """Start a server in its own session, so that stopping it stops its children."""
+    """Start a server in its own process group, so that stopping it stops its children."""
+    # dcmtk-based servers (storescp, Orthanc) read TCP_NODELAY too: with Nagle on,
+    # each C-STORE response waits out a delayed ACK (~40 ms).
+    env = dict(os.environ if env is None else env, TCP_NODELAY="1")
     out = log.open("wb")
     return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                             start_new_session=True)
@@ -290,6 +292,8 @@ class PeerResult:
     acked_per_second: float | None = None
     acked_mb_per_second: float | None = None
     stored: int | None = None  # what the peer itself reports holding
+    archived: int | None = None  # cluster: `pacs status` counts.archived_objects
+    spool_left: int | None = None  # cluster: spool files not yet handed off at the end
     end_to_end_seconds: float | None = None
     end_to_end_per_second: float | None = None
     note: str = ""
@@ -299,11 +303,7 @@ class PeerResult:
         self.storescu_exit_codes = sent.exit_codes
         self.acked_seconds = sent.seconds
         self.acked_per_second = sent.acknowledged / sent.seconds
-        self.acked_mb_per_second = total_bytes * sent.acknowledged / len_or_1(self.instances) / 1e6 / sent.seconds
-
-
-def len_or_1(n: int) -> int:
-    return n or 1
+        self.acked_mb_per_second = total_bytes * sent.acknowledged / self.instances / 1e6 / sent.seconds
 
 
 def run_storescp(paths, total_bytes, args, work: Path) -> PeerResult:
@@ -483,11 +483,23 @@ def run_cluster(paths, total_bytes, args, work: Path) -> PeerResult:
             time.sleep(0.2)
         else:
             result.note = f"timeout: {indexed} indexed, {archived} archived after {args.timeout:.0f} s"
-        # what an operator sees
+        # what an operator sees: the index, the archive, and a spool that drains
+        # once the archive has confirmed its copies (give it a few seconds)
         with contextlib.suppress(Exception):
             result.stored = study_list_instances(pacs_json(["study", "list"], env))
         if result.stored is not None and result.stored != indexed:
             result.note += f" `pacs study list` shows {result.stored}, database {indexed}"
+        spool_deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(Exception):
+                status = pacs_json(["status"], env)
+                result.archived = int(status["counts"]["archived_objects"])
+                result.spool_left = int(status["spool"]["files"])
+            if not result.spool_left or time.monotonic() > spool_deadline:
+                break
+            time.sleep(1)
+        if result.spool_left:
+            result.note += f" {result.spool_left} files left in the spool"
     finally:
         stop(proc, 60)
         if created:

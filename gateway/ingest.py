@@ -28,7 +28,7 @@ from sqlalchemy import select
 from dbserver.models import Instance, ObjectCopy
 from dbserver.registration import registered
 from services.db import get_engine
-from services.dicom import Header, check_uid, file_meta_bytes, read_header
+from services.dicom import Header, check_uid, file_meta_bytes, file_meta_end, read_header
 from services.errors import DuplicateRejectedError, InvalidDicomError, PacsError, TransferError
 from services.settings import Settings, get_settings
 from services.tasks import T_REGISTER_INSTANCES, send
@@ -121,7 +121,7 @@ class Ingestor:
         """Ingest a DICOM file (Part 10, or a bare dataset) from disk."""
         data = Path(path).read_bytes()
         if len(data) >= 132 and data[128:132] == b"DICM":
-            meta_end = _file_meta_end(data)
+            meta_end = file_meta_end(data)
             return self.ingest(data[meta_end:], origin, file_meta=data[:meta_end])
         header = read_header(data)  # a bare dataset: pydicom told its encoding apart
         return self.ingest(data, origin, network_file_meta(
@@ -335,25 +335,3 @@ def _source_ae(data: bytes) -> str:
         return str(meta.get("SourceApplicationEntityTitle", "")).strip()
     except Exception:  # noqa: BLE001
         return ""
-
-
-def _file_meta_end(data: bytes) -> int:
-    """Offset just past the File Meta Information group of a Part 10 file."""
-    import struct
-
-    pos = 132
-    # (0002,0000) UL group length: tag(4) VR(2) len(2) value(4)
-    if data[pos:pos + 4] == b"\x02\x00\x00\x00" and data[pos + 4:pos + 6] == b"UL":
-        group_len = struct.unpack("<I", data[pos + 8:pos + 12])[0]
-        return pos + 12 + group_len
-    # no group length: walk explicit VR little endian group 2 elements
-    while pos + 8 <= len(data) and data[pos:pos + 2] == b"\x02\x00":
-        vr = data[pos + 4:pos + 6]
-        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
-            length = struct.unpack("<I", data[pos + 8:pos + 12])[0]
-            pos += 12 + length
-        else:
-            length = struct.unpack("<H", data[pos + 6:pos + 8])[0]
-            pos += 8 + length
-    return pos
-

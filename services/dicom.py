@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -243,3 +244,23 @@ def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_u
 
 IMPLEMENTATION_CLASS_UID = "2.25.31429545862299478145401841709000354686"
 IMPLEMENTATION_VERSION_NAME = "PACSCLUSTER_01"
+
+
+def file_meta_end(data: bytes) -> int:
+    """Offset just past the File Meta Information group of a Part 10 file."""
+    pos = 132
+    # (0002,0000) UL group length: tag(4) VR(2) len(2) value(4)
+    if data[pos:pos + 4] == b"\x02\x00\x00\x00" and data[pos + 4:pos + 6] == b"UL":
+        group_len = struct.unpack("<I", data[pos + 8:pos + 12])[0]
+        return pos + 12 + group_len
+    # no group length: walk explicit VR little endian group 2 elements
+    while pos + 8 <= len(data) and data[pos:pos + 2] == b"\x02\x00":
+        vr = data[pos + 4:pos + 6]
+        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+            length = struct.unpack("<I", data[pos + 8:pos + 12])[0]
+            pos += 12 + length
+        else:
+            length = struct.unpack("<H", data[pos + 6:pos + 8])[0]
+            pos += 8 + length
+    return pos
+

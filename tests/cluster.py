@@ -1,0 +1,250 @@
+"""A real cluster for end-to-end tests: ``pacs up`` in a temp data folder on
+free ports, on the embedded defaults (SQLite + filesystem broker) or on
+PostgreSQL + Redis as docker-compose runs it."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis as redis_lib
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379"
+DCMTK = Path("/usr/bin")  # pynetdicom installs scripts of the same names on PATH
+_redis_dbs = itertools.count(3)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require_services() -> bool:
+    return os.environ.get("PACS_TEST_REQUIRE_SERVICES") == "1" or os.environ.get("CI") == "true"
+
+
+def postgres_available() -> bool:
+    try:
+        with psycopg.connect(PG_ADMIN, connect_timeout=3):
+            return True
+    except psycopg.Error:
+        return False
+
+
+def redis_available() -> bool:
+    try:
+        return bool(redis_lib.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping())
+    except redis_lib.RedisError:
+        return False
+
+
+def create_pg_database() -> str:
+    name = f"pacs_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return name
+
+
+def drop_pg_database(name: str) -> None:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class Cluster:
+    """One cluster under ``pacs up``. ``backend`` is ``embedded`` or ``postgres``."""
+
+    root: Path
+    backend: str = "embedded"
+    extra_env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+    pg_db: str | None = None
+    redis_db: int | None = None
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.root / "data"
+        self.dicom_port = free_port()
+        self.archive_port = free_port()
+        self.http_port = free_port()
+        self.hl7_port = free_port()
+        self.log_path = self.root / "pacs-up.log"
+        self.env = dict(os.environ)
+        self.env.update({
+            "PACS_DATA_DIR": str(self.data_dir),
+            "PACS_DICOM_PORT": str(self.dicom_port),
+            "PACS_ARCHIVE_PORT": str(self.archive_port),
+            "PACS_HTTP_PORT": str(self.http_port),
+            "PACS_HL7_PORT": str(self.hl7_port),
+            "PACS_STUDY_STABLE_SECONDS": "2",
+            "PACS_SPOOL_RESEND_SECONDS": "5",
+            "PYTHONUNBUFFERED": "1",
+        })
+        if self.backend == "postgres":
+            self.pg_db = create_pg_database()
+            self.redis_db = next(_redis_dbs) % 16
+            redis_lib.Redis.from_url(f"{REDIS_URL}/{self.redis_db}").flushdb()
+            self.env["PACS_DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:5432/{self.pg_db}"
+            self.env["PACS_BROKER_URL"] = f"{REDIS_URL}/{self.redis_db}"
+        self.env.update(self.extra_env)
+
+    # --- lifecycle -------------------------------------------------------------
+    def start(self, timeout: float = 60.0) -> Cluster:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "admin.cli", "up"], env=self.env,
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"pacs up exited early:\n{self.log()}")
+            try:
+                status = self.status()
+                if all(s["up"] for s in status["services"].values()) and self.echo():
+                    return
+            except (subprocess.CalledProcessError, json.JSONDecodeError):
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"cluster not ready in {timeout}s:\n{self.log()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+    def destroy(self) -> None:
+        self.stop()
+        if self.pg_db:
+            drop_pg_database(self.pg_db)
+            self.pg_db = None
+        if self.redis_db is not None:
+            redis_lib.Redis.from_url(f"{REDIS_URL}/{self.redis_db}").flushdb()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    # --- commands ---------------------------------------------------------------
+    def pacs(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "admin.cli", *args], env=self.env, capture_output=True,
+                              text=True, check=check, timeout=timeout)
+
+    def pacs_json(self, *args: str) -> Any:
+        return json.loads(self.pacs(*args, "--json").stdout)
+
+    def status(self) -> dict[str, Any]:
+        return self.pacs_json("status")
+
+    def pids(self, service: str) -> list[int]:
+        return [p["pid"] for p in self.status()["services"][service]["processes"] if p["service"] == service]
+
+    def echo(self) -> bool:
+        res = subprocess.run([str(DCMTK / "echoscu"), "-to", "5", "-aec", "PACS", "127.0.0.1",
+                              str(self.dicom_port)], capture_output=True)
+        return res.returncode == 0
+
+    def storescu(self, *files: Path | str, aet: str = "STORESCU", extra: tuple[str, ...] = (),
+                 check: bool = True) -> subprocess.CompletedProcess:
+        """dcmtk storescu. dcmtk proposes a compressed transfer syntax only
+        when told which, so files are sent in groups, one per transfer syntax,
+        each with its ``-x`` option. Returns the last run."""
+        env = dict(self.env, TCP_NODELAY="1")
+        groups: dict[str, list[str]] = {}
+        for f in files:
+            groups.setdefault(storescu_option(Path(f)), []).append(str(f))
+        res = None
+        for option, group in groups.items():
+            res = subprocess.run([str(DCMTK / "storescu"), option, "-aet", aet, "-aec", "PACS", *extra,
+                                  "127.0.0.1", str(self.dicom_port), *group],
+                                 capture_output=True, text=True, env=env, timeout=600)
+            if check and res.returncode != 0:
+                raise AssertionError(f"storescu {option} failed ({res.returncode}):\n{res.stderr[-3000:]}")
+        assert res is not None
+        return res
+
+    def studies(self) -> list[dict[str, Any]]:
+        return self.pacs_json("study", "list")
+
+    def wait_indexed(self, n_instances: int, timeout: float = 120.0, archived: bool = True) -> dict[str, Any]:
+        """Wait until the index holds ``n_instances`` and (by default) each
+        has a verified cache copy and the spool is empty."""
+        deadline = time.monotonic() + timeout
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            status = self.status()
+            c = status["counts"]
+            done = c["instances"] >= n_instances
+            if archived:
+                done = done and c["archived_objects"] >= n_instances and status["spool"]["files"] == 0
+            if done:
+                return status
+            time.sleep(0.5)
+        raise TimeoutError(f"not indexed in {timeout}s: {status}\n{self.log()[-3000:]}")
+
+
+_TS_OPTION = {
+    "1.2.840.10008.1.2": "-xi",
+    "1.2.840.10008.1.2.1": "-xe",
+    "1.2.840.10008.1.2.2": "-xb",
+    "1.2.840.10008.1.2.1.99": "-xd",
+    "1.2.840.10008.1.2.4.50": "-xy",
+    "1.2.840.10008.1.2.4.51": "-xx",
+    "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.80": "-xt",
+    "1.2.840.10008.1.2.4.81": "-xu",
+    "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.91": "-xw",
+    "1.2.840.10008.1.2.5": "-xr",
+}
+
+
+def transfer_syntax(path: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+
+
+def storescu_option(path: Path) -> str:
+    """The dcmtk storescu option proposing this file's transfer syntax."""
+    ts = transfer_syntax(path)
+    try:
+        return _TS_OPTION[ts]
+    except KeyError:
+        raise ValueError(f"dcmtk storescu cannot propose {ts} ({path.name})") from None
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The encoded dataset of a Part 10 file, without preamble and file meta."""
+    from services.dicom import file_meta_end
+
+    data = Path(path).read_bytes()
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return data[file_meta_end(data):]
+    return data
+
+
+def cleanup_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,70 @@
+"""Fixtures: real clusters under ``pacs up``, real PostgreSQL and Redis.
+
+Where PostgreSQL or Redis is down, tests that need them are skipped on a
+developer's machine but fail under CI (``PACS_TEST_REQUIRE_SERVICES=1``):
+a skipped test is not a pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import Cluster, postgres_available, redis_available, require_services
+
+
+def need_backends() -> None:
+    missing = [name for name, ok in (("PostgreSQL", postgres_available()), ("Redis", redis_available())) if not ok]
+    if missing:
+        message = f"{' and '.join(missing)} not reachable on 127.0.0.1"
+        if require_services():
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def _cluster(tmp_path: Path, backend: str, **env: str) -> Iterator[Cluster]:
+    if backend == "postgres":
+        need_backends()
+    c = Cluster(tmp_path, backend, extra_env=env)
+    try:
+        yield c.start()
+    finally:
+        c.destroy()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """``pacs up`` on the embedded defaults (SQLite, filesystem broker)."""
+    yield from _cluster(tmp_path, "embedded")
+
+
+@pytest.fixture
+def pg_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """``pacs up`` on PostgreSQL and Redis, as docker-compose runs it."""
+    yield from _cluster(tmp_path, "postgres")
+
+
+@pytest.fixture(params=["embedded", "postgres"])
+def any_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    yield from _cluster(tmp_path, request.param)
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator:
+    """Build a cluster with extra settings: ``make_cluster(backend, **env)``;
+    not started, destroyed at the end."""
+    made: list[Cluster] = []
+
+    def make(backend: str = "embedded", **env: str) -> Cluster:
+        if backend == "postgres":
+            need_backends()
+        c = Cluster(tmp_path / f"c{len(made)}", backend, extra_env=env)
+        c.root.mkdir(parents=True, exist_ok=True)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.destroy()
