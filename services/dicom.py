@@ -224,22 +224,32 @@ def read_header(data: bytes, transfer_syntax_uid: str | None = None) -> Header:
     return header
 
 
+def _meta_element(group_elem: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little endian element of the File Meta group."""
+    if len(value) % 2:
+        value += b"\x00" if vr == b"UI" else b" "
+    tag = struct.pack("<HH", 0x0002, group_elem)
+    if vr == b"OB":
+        return tag + vr + b"\x00\x00" + struct.pack("<I", len(value)) + value
+    return tag + vr + struct.pack("<H", len(value)) + value
+
+
 def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str,
                     source_ae: str = "") -> bytes:
     """The 128-byte preamble, ``DICM`` and a File Meta Information group
-    (PS3.10 §7.1) for a dataset received over the network."""
-    meta = pydicom.dataset.FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = transfer_syntax_uid
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    if source_ae:
-        meta.SourceApplicationEntityTitle = source_ae
-    buf = io.BytesIO()
-    buf.write(b"\x00" * 128 + b"DICM")
-    pydicom.filewriter.write_file_meta_info(buf, meta, enforce_standard=True)
-    return buf.getvalue()
+    (PS3.10 §7.1) for a dataset received over the network. Built directly:
+    this runs once per received instance."""
+    body = b"".join([
+        _meta_element(0x0001, b"OB", b"\x00\x01"),
+        _meta_element(0x0002, b"UI", sop_class_uid.encode("ascii")),
+        _meta_element(0x0003, b"UI", sop_instance_uid.encode("ascii")),
+        _meta_element(0x0010, b"UI", transfer_syntax_uid.encode("ascii")),
+        _meta_element(0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode("ascii")),
+        _meta_element(0x0013, b"SH", IMPLEMENTATION_VERSION_NAME.encode("ascii")),
+        _meta_element(0x0016, b"AE", source_ae.encode("ascii", "replace")) if source_ae else b"",
+    ])
+    group_length = struct.pack("<HH", 0x0002, 0x0000) + b"UL" + struct.pack("<HI", 4, len(body))
+    return b"\x00" * 128 + b"DICM" + group_length + body
 
 
 IMPLEMENTATION_CLASS_UID = "2.25.31429545862299478145401841709000354686"

@@ -1,0 +1,357 @@
+"""Bad input on the DICOM port, end to end against a cluster under ``pacs up``
+with real peers: malformed datasets get a failure status with an error
+comment, garbage drops that association only, and nothing partial reaches
+the archive or the index (DESIGN.md, invariants)."""
+
+from __future__ import annotations
+
+import io
+import random
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import Verification
+
+from tests.cluster import Cluster
+from tests.conftest import need_backends
+
+SUCCESS = 0x0000
+ERROR_CANNOT_UNDERSTAND = 0xC000
+SETTLE_TIMEOUT = 60.0
+DROP_TIMEOUT = 10.0
+
+pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+
+
+# --- synthetic data ---------------------------------------------------------------------
+def ct_dataset(**attrs: Any) -> Dataset:
+    """A small 64x64 CT image with fresh UIDs; ``attrs`` override (None deletes)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientID = "BAD-INPUT-1"
+    ds.PatientName = "Bad^Input"
+    ds.Modality = "CT"
+    ds.InstanceNumber = 1
+    ds.Rows = ds.Columns = 64
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.random.default_rng().integers(0, 4096, 64 * 64, dtype=np.uint16).tobytes()
+    for keyword, value in attrs.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    return ds
+
+
+def encode(ds: Dataset) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_little_endian = True
+    fp.is_implicit_VR = False
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def part10(path: Path, sop_instance_uid: str, dataset: bytes, sop_class_uid: str = CTImageStorage) -> Path:
+    """A Part 10 file whose File Meta names ``sop_instance_uid`` and whose body
+    is ``dataset`` exactly (possibly malformed): pynetdicom sends such a file
+    as is, and takes the C-STORE request UIDs from its File Meta."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = "1.2.826.0.1.3680043.10.1"
+    buf = io.BytesIO()
+    buf.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    path.write_bytes(buf.getvalue() + dataset)
+    return path
+
+
+# --- a real DICOM peer ------------------------------------------------------------------------
+class Peer:
+    """pynetdicom SCU: one association, several C-STOREs on it."""
+
+    def __init__(self, port: int, ae_title: str = "GOODSCU") -> None:
+        ae = AE(ae_title=ae_title)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        ae.add_requested_context(Verification)
+        self.assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
+
+    def __enter__(self) -> Peer:
+        assert self.assoc.is_established, "the gateway refused an association"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.assoc.is_established:
+            self.assoc.release()
+
+    def store(self, what: Dataset | Path) -> tuple[int | None, str]:
+        """(status, error comment); status None when the gateway answered nothing."""
+        rsp = self.assoc.send_c_store(what)
+        if "Status" not in rsp:
+            return None, ""
+        return int(rsp.Status), str(rsp.get("ErrorComment", ""))
+
+
+@pytest.fixture
+def send_raw_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make pynetdicom send a file's dataset bytes without decoding them."""
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+
+
+# --- the cluster, shared by the tests of a backend ------------------------------------------
+@pytest.fixture(scope="module", params=["embedded", "postgres"])
+def gw(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    if request.param == "postgres":
+        need_backends()
+    c = Cluster(tmp_path_factory.mktemp(f"bad-input-{request.param}"), request.param)
+    try:
+        yield c.start()
+    finally:
+        c.destroy()
+
+
+def snapshot(c: Cluster) -> dict[str, int]:
+    return c.status()["counts"]
+
+
+def assert_unharmed(c: Cluster, before: dict[str, int]) -> None:
+    """The listener still serves a valid store from another association, and
+    the index and archive hold exactly what was accepted, nothing partial."""
+    good = ct_dataset()
+    with Peer(c.dicom_port) as peer:
+        assert peer.store(good) == (SUCCESS, ""), "a valid store after bad input must succeed"
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while True:
+        status = c.status()
+        counts = status["counts"]
+        if (counts["instances"] >= before["instances"] + 1 and status["spool"]["files"] == 0
+                and counts["archived_objects"] >= before["archived_objects"] + 1):
+            break
+        assert time.monotonic() < deadline, f"the valid store was not indexed and archived: {status}"
+        time.sleep(0.3)
+    assert counts["instances"] == before["instances"] + 1, counts
+    assert counts["archived_objects"] == before["archived_objects"] + 1, counts
+    assert status["cache"]["files"] == counts["archived_objects"], status
+    assert counts["studies"] == before["studies"] + 1, counts
+    leftovers = [p for p in (c.data_dir / "spool").rglob("*") if p.is_file() and p.name != ".lock"]
+    assert leftovers == [], f"something partial was left in the spool: {leftovers}"
+    inbox = c.data_dir / "archive" / "inbox"
+    assert not inbox.is_dir() or list(inbox.iterdir()) == [], list(inbox.iterdir())
+    shown = c.pacs_json("study", "show", good.StudyInstanceUID)
+    assert [i["sop_instance_uid"] for s in shown["series"] for i in s["instances"]] == [good.SOPInstanceUID]
+
+
+def assert_failure_with_comment(result: tuple[int | None, str], expected: int = ERROR_CANNOT_UNDERSTAND) -> None:
+    status, comment = result
+    assert status is not None, "the gateway answered no status"
+    assert status == expected, f"status 0x{status:04X} ({comment!r}), expected 0x{expected:04X}"
+    assert comment.strip(), f"status 0x{status:04X} without an ErrorComment"
+
+
+# --- malformed datasets through pynetdicom ----------------------------------------------------
+def test_dataset_without_sop_instance_uid(gw: Cluster, tmp_path: Path, send_raw_files: None) -> None:
+    before = snapshot(gw)
+    ds = ct_dataset(SOPInstanceUID=None)
+    path = part10(tmp_path / "no-sop-uid.dcm", generate_uid(), encode(ds))
+    with Peer(gw.dicom_port) as peer:
+        assert_failure_with_comment(peer.store(path))
+        assert peer.store(ct_dataset()) == (SUCCESS, ""), "the association must survive a refused C-STORE"
+    before["instances"] += 1
+    before["archived_objects"] += 1
+    before["studies"] += 1
+    assert_unharmed(gw, before)
+
+
+@pytest.mark.parametrize("bad_uid", ["1.2/../3", "../../../../tmp/pacs-escape", "1.2.840..10008.99"])
+def test_uid_with_path_characters_as_affected_sop_instance(gw: Cluster, bad_uid: str) -> None:
+    """pynetdicom sends the dataset's SOP Instance UID as the request's
+    Affected SOP Instance UID: both are bad."""
+    before = snapshot(gw)
+    with Peer(gw.dicom_port) as peer:
+        assert_failure_with_comment(peer.store(ct_dataset(SOPInstanceUID=bad_uid)))
+    assert not Path("/tmp/pacs-escape").exists()
+    assert_unharmed(gw, before)
+
+
+@pytest.mark.parametrize("bad_uid", ["1.2/../3", "../../../../tmp/pacs-escape"])
+def test_uid_with_path_characters_in_dataset_only(gw: Cluster, tmp_path: Path, send_raw_files: None,
+                                                  bad_uid: str) -> None:
+    before = snapshot(gw)
+    path = part10(tmp_path / "bad-uid.dcm", generate_uid(), encode(ct_dataset(SOPInstanceUID=bad_uid)))
+    with Peer(gw.dicom_port) as peer:
+        assert_failure_with_comment(peer.store(path))
+    assert not Path("/tmp/pacs-escape").exists()
+    assert_unharmed(gw, before)
+
+
+def _cut(where: str) -> tuple[Dataset, bytes]:
+    ds = ct_dataset()
+    data = encode(ds)
+    pixels = pydicom.dcmread(DicomBytesIO(data), force=True)["PixelData"]
+    cut = {"mid-pixel-data": pixels.value_tell + pixels.length // 2,
+           "in-pixel-data-length-field": pixels.value_tell - 2}[where]
+    return ds, data[:cut]
+
+
+@pytest.mark.parametrize("where", ["mid-pixel-data", "in-pixel-data-length-field"])
+def test_truncated_dataset(gw: Cluster, tmp_path: Path, send_raw_files: None, where: str) -> None:
+    before = snapshot(gw)
+    ds, data = _cut(where)
+    path = part10(tmp_path / "truncated.dcm", ds.SOPInstanceUID, data)
+    with Peer(gw.dicom_port) as peer:
+        assert_failure_with_comment(peer.store(path))
+    assert_unharmed(gw, before)
+
+
+# --- garbage on the port: raw sockets, hand-built PDUs (PS3.8 §9.3) ---------------------------
+def _item(item_type: int, payload: bytes) -> bytes:
+    return struct.pack(">BBH", item_type, 0, len(payload)) + payload
+
+
+def associate_rq(calling: str = "RAWSCU", called: str = "PACS") -> bytes:
+    """A-ASSOCIATE-RQ PDU (PS3.8 §9.3.2) proposing Verification and CT Image Storage."""
+    contexts = b"".join(
+        _item(0x20, bytes([pc_id, 0, 0, 0]) + _item(0x30, abstract.encode())
+              + _item(0x40, ImplicitVRLittleEndian.encode()))
+        for pc_id, abstract in ((1, Verification), (3, CTImageStorage)))
+    user_info = _item(0x50, _item(0x51, struct.pack(">I", 16384)) + _item(0x52, b"1.2.826.0.1.3680043.10.1"))
+    body = (struct.pack(">HH", 1, 0) + called.encode().ljust(16) + calling.encode().ljust(16) + b"\x00" * 32
+            + _item(0x10, b"1.2.840.10008.3.1.1.1") + contexts + user_info)
+    return struct.pack(">BBI", 0x01, 0, len(body)) + body
+
+
+def p_data_tf(*pdvs: bytes) -> bytes:
+    """P-DATA-TF PDU (PS3.8 §9.3.5) holding these PDV items, possibly none."""
+    body = b"".join(pdvs)
+    return struct.pack(">BBI", 0x04, 0, len(body)) + body
+
+
+A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ABORT = 0x02, 0x03, 0x07
+
+
+def wait_dropped(sock: socket.socket, timeout: float = DROP_TIMEOUT) -> str:
+    """What the gateway did with this connection within ``timeout``:
+    ``closed``, ``aborted`` (A-ABORT / A-ASSOCIATE-RJ PDU) or ``open``."""
+    sock.settimeout(0.5)
+    received = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return "closed"
+        if not chunk:
+            return "closed"
+        received += chunk
+        if received[0] in (A_ABORT, A_ASSOCIATE_RJ):
+            return "aborted"
+        return f"answered PDU type 0x{received[0]:02X}"
+    return "open"
+
+
+def raw_associate(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(associate_rq())
+    header = sock.recv(6)
+    assert header and header[0] == A_ASSOCIATE_AC, f"association not accepted: {header!r}"
+    length = struct.unpack(">I", header[2:6])[0]
+    while length:
+        length -= len(sock.recv(length))
+    return sock
+
+
+@pytest.mark.parametrize("garbage", [
+    pytest.param(bytes(random.Random(20240611).getrandbits(8) for _ in range(4096)), id="random-bytes"),
+    pytest.param(b"\x01\x00\xff\xff\xff\xf0" + bytes(random.Random(7).getrandbits(8) for _ in range(512)),
+                 id="associate-rq-header-with-huge-length"),
+    pytest.param(b"GET / HTTP/1.1\r\nHost: pacs\r\n\r\n", id="http-request"),
+])
+def test_garbage_on_the_port(gw: Cluster, garbage: bytes) -> None:
+    before = snapshot(gw)
+    with socket.create_connection(("127.0.0.1", gw.dicom_port), timeout=10) as sock:
+        sock.sendall(garbage)
+        sock.shutdown(socket.SHUT_WR)
+        assert wait_dropped(sock) in ("closed", "aborted")
+    assert_unharmed(gw, before)
+
+
+@pytest.mark.parametrize("pdu", [
+    pytest.param(p_data_tf(), id="empty-p-data-tf"),
+    pytest.param(p_data_tf(struct.pack(">IB", 2, 3) + b"\x03"), id="pdv-item-shorter-than-its-header"),
+    pytest.param(p_data_tf(struct.pack(">IBB", 4000, 3, 0x03) + b"\x00" * 10), id="pdv-item-longer-than-pdu"),
+])
+def test_invalid_p_data_after_association(gw: Cluster, pdu: bytes) -> None:
+    """An invalid P-DATA-TF (PS3.8 §9.3.5: one or more PDV items, each whole)
+    on an established association: that association is aborted or closed."""
+    before = snapshot(gw)
+    with raw_associate(gw.dicom_port) as sock:
+        sock.sendall(pdu)
+        outcome = wait_dropped(sock)
+    assert outcome in ("closed", "aborted"), (
+        f"after an invalid P-DATA-TF the association is still {outcome} after {DROP_TIMEOUT:.0f} s; "
+        "it should be aborted (A-ABORT) or closed")
+    assert_unharmed(gw, before)
+
+
+# --- unknown calling AE ----------------------------------------------------------------------
+def test_unknown_calling_ae_is_rejected_until_configured(make_cluster: Any) -> None:
+    c: Cluster = make_cluster("embedded", PACS_DICOM_REQUIRE_KNOWN_AE="1")
+    # the harness's readiness probe is dcmtk echoscu, calling AE ECHOSCU
+    c.pacs("node", "add", "ECHOSCU", "127.0.0.1", "104")
+    c.pacs("node", "add", "KNOWNSCU", "127.0.0.1", "104")
+    c.start()
+
+    stranger = Peer(c.dicom_port, "STRANGER")
+    assert stranger.assoc.is_rejected, "an unknown calling AE must be rejected at association time"
+    with Peer(c.dicom_port, "KNOWNSCU") as peer:
+        assert peer.store(ct_dataset()) == (SUCCESS, ""), "the listener must still serve known nodes"
+
+    c.pacs("node", "add", "STRANGER", "127.0.0.1", "104")
+    added = time.monotonic()
+    while True:
+        peer = Peer(c.dicom_port, "STRANGER")
+        if peer.assoc.is_established:
+            break
+        assert time.monotonic() - added < 6.5, "a node added with `pacs node add` is accepted within ~6 s"
+        time.sleep(0.25)
+    with peer:
+        assert peer.store(ct_dataset()) == (SUCCESS, "")
+    c.wait_indexed(2, timeout=SETTLE_TIMEOUT)
+
+    c.pacs("node", "remove", "STRANGER")
+    removed = time.monotonic()
+    while True:
+        peer = Peer(c.dicom_port, "STRANGER")
+        if peer.assoc.is_rejected:
+            break
+        peer.assoc.release()
+        assert time.monotonic() - removed < 6.5, "a removed node is refused again within ~6 s"
+        time.sleep(0.25)
+    status = c.status()
+    assert status["counts"]["instances"] == 2 and status["spool"]["files"] == 0, status
