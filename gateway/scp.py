@@ -1,7 +1,8 @@
-"""The DICOM SCP: handlers bound to a pynetdicom AE.
+"""The DICOM SCP handlers: C-ECHO and C-STORE.
 
-Handlers are plain functions taking the event and their dependencies, so
-each can be called with a fake event in a unit test:
+Handlers are plain functions taking the event (pynetdicom's attribute
+names) and their dependencies, so each can be called with a fake event in a
+unit test; :mod:`gateway.association` runs them for each association:
 
 * :func:`handle_echo` — Verification, PS3.4 Annex A.
 * :func:`handle_store` — Storage, PS3.4 Annex B (B.2.3 statuses). The
@@ -14,18 +15,20 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification
 from sqlalchemy import select
 
 from dbserver.models import DicomNode
+from gateway.association import C_ECHO_RQ, C_STORE_RQ, Acceptor, AcceptorConfig
 from gateway.ingest import Ingestor, Origin, network_file_meta
 from services.db import get_engine
-from services.dicom import STORAGE_TRANSFER_SYNTAXES
+from services.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, STORAGE_TRANSFER_SYNTAXES
 from services.errors import DuplicateRejectedError, InvalidDicomError, PacsError, UnknownCallingAEError
 from services.settings import Settings
 
@@ -46,10 +49,6 @@ STATUS_FOR_ERROR: dict[type[Exception], int] = {
     UnknownCallingAEError: REFUSED_NOT_AUTHORIZED,
 }
 
-# used to refuse every association when nodes are required but none is
-# configured (pynetdicom reads an empty list as "accept all")
-_NO_NODE = "*NO*KNOWN*NODE*"
-
 
 def _status(code: int, comment: str = "") -> Dataset:
     ds = Dataset()
@@ -59,12 +58,12 @@ def _status(code: int, comment: str = "") -> Dataset:
     return ds
 
 
-def handle_echo(event: evt.Event) -> int:
+def handle_echo(event: Any) -> int:
     """C-ECHO: always Success once associated (PS3.4 A.4)."""
     return SUCCESS
 
 
-def handle_store(event: evt.Event, ingestor: Ingestor, known_aes: KnownAEs) -> Dataset | int:
+def handle_store(event: Any, ingestor: Ingestor, known_aes: KnownAEs) -> Dataset | int:
     """C-STORE: spool the object durably, then answer (PS3.4 B.2.3)."""
     calling = event.assoc.requestor.ae_title.strip()
     try:
@@ -108,80 +107,52 @@ class KnownAEs:
         if self.required and calling not in self.titles():
             raise UnknownCallingAEError(f"calling AE {calling!r} is not a configured node")
 
-    def apply(self, ae: AE) -> None:
-        """Refuse unknown callers at association time (PS3.8 A-ASSOCIATE-RJ)."""
-        if self.required:
-            titles = sorted(self.titles())
-            ae.require_calling_aet = titles or [_NO_NODE]
+    def accepts(self, calling: str) -> bool:
+        """Whether an association from ``calling`` may be accepted (else it is
+        rejected: PS3.8 A-ASSOCIATE-RJ, calling AE title not recognized)."""
+        return not self.required or calling in self.titles()
 
 
-class GatewayServer(ThreadedAssociationServer):
-    """An association server that accepts on a socket it is given (shared by
-    several gateway processes) and disables Nagle on every connection."""
-
-    def __init__(self, *args: Any, listen_socket: socket.socket | None = None, **kwargs: Any) -> None:
-        self._given_socket = listen_socket
-        super().__init__(*args, **kwargs)
-
-    def server_bind(self) -> None:
-        if self._given_socket is not None:
-            self.socket.close()
-            self.socket = self._given_socket
-            self.server_address = self.socket.getsockname()
-            if self.ae.network_timeout is not None:
-                self.socket.settimeout(self.ae.network_timeout)
-            return
-        super().server_bind()
-
-    def server_activate(self) -> None:
-        if self._given_socket is None:
-            super().server_activate()
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        client, address = super().get_request()
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return client, address
-
-
-def make_ae(settings: Settings) -> AE:
-    ae = AE(ae_title=settings.dicom_ae_title)
-    ae.maximum_pdu_size = settings.dicom_max_pdu
-    ae.network_timeout = 60
-    ae.acse_timeout = 30
-    ae.dimse_timeout = 60
-    ae.maximum_associations = 64
-    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+def supported_contexts() -> dict[str, list[str]]:
+    """Abstract syntax -> the transfer syntaxes we accept, in our order of
+    preference (the first one the requestor proposes that we know wins)."""
+    supported = {Verification: [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian]}
     for cx in AllStoragePresentationContexts:
-        ae.add_supported_context(cx.abstract_syntax, STORAGE_TRANSFER_SYNTAXES)
-    return ae
+        supported[cx.abstract_syntax] = STORAGE_TRANSFER_SYNTAXES
+    return supported
 
 
-def handlers(ingestor: Ingestor, known_aes: KnownAEs) -> list:
-    return [
-        (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, handle_store, [ingestor, known_aes]),
-    ]
+def handlers(ingestor: Ingestor, known_aes: KnownAEs) -> dict[int, Callable[[Any], Any]]:
+    """DIMSE command field -> handler, dependencies bound."""
+    return {
+        C_ECHO_RQ: handle_echo,
+        C_STORE_RQ: lambda event: handle_store(event, ingestor, known_aes),
+    }
 
 
-def serve(settings: Settings, ingestor: Ingestor, listen_socket: socket.socket | None = None,
+def acceptor_config(settings: Settings, ingestor: Ingestor, known_aes: KnownAEs) -> AcceptorConfig:
+    return AcceptorConfig(
+        ae_title=settings.dicom_ae_title,
+        supported=supported_contexts(),
+        handlers=handlers(ingestor, known_aes),
+        max_pdu=settings.dicom_max_pdu,
+        accept_calling=known_aes.accepts,
+        implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+    )
+
+
+def serve(settings: Settings, ingestor: Ingestor, listen_socket: socket.socket,
           stop: threading.Event | None = None) -> None:
-    """Run the SCP until ``stop`` is set."""
-    ae = make_ae(settings)
+    """Run the SCP on ``listen_socket`` until ``stop`` is set."""
     known_aes = KnownAEs(settings)
-    known_aes.apply(ae)
-    server = GatewayServer(ae, (settings.dicom_host, settings.dicom_port), settings.dicom_ae_title,
-                           ae.supported_contexts, None, handlers(ingestor, known_aes),
-                           listen_socket=listen_socket)
-    ae._servers.append(server)  # noqa: SLF001 - so ae.shutdown() stops it
-    thread = threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True)
+    acceptor = Acceptor(listen_socket, acceptor_config(settings, ingestor, known_aes))
+    thread = threading.Thread(target=acceptor.serve_forever, name="dicom-listener", daemon=True)
     thread.start()
-    LOG.info("DICOM SCP %s listening on %s:%s", settings.dicom_ae_title, *server.server_address[:2])
+    LOG.info("DICOM SCP %s listening on %s:%s", settings.dicom_ae_title, *listen_socket.getsockname()[:2])
     stop = stop or threading.Event()
     try:
-        while not stop.wait(known_aes.ttl):
-            try:
-                known_aes.apply(ae)
-            except Exception:  # noqa: BLE001
-                LOG.exception("cannot refresh the known AE titles")
+        stop.wait()
     finally:
-        server.shutdown()
+        acceptor.shutdown()
+        thread.join(2)
