@@ -20,6 +20,7 @@ from dbserver.models import (
     Study,
     utcnow,
 )
+from dbserver.registration import NO_PATIENT_ID
 from services.db import run_in_transaction, unit_of_work
 from services.dicom import check_uid
 from services.settings import Settings
@@ -36,7 +37,8 @@ def _study_dict(study: Study, patient: Patient) -> dict[str, Any]:
     return {
         "study_instance_uid": study.study_instance_uid,
         "patient_id": patient.patient_id,
-        "issuer_of_patient_id": patient.issuer_of_patient_id,
+        "issuer_of_patient_id": "" if patient.issuer_of_patient_id.startswith(NO_PATIENT_ID)
+        else patient.issuer_of_patient_id,
         "patient_name": patient.patient_name,
         "patient_birth_date": patient.patient_birth_date,
         "patient_sex": patient.patient_sex,

@@ -11,12 +11,13 @@ different object under a known SOP Instance UID follows
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import distinct, func, select, update
+from sqlalchemy import distinct, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from dbserver.models import Change, Instance, Patient, Series, Study, SupersededObject, utcnow
@@ -59,9 +60,24 @@ def _clean(items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         seen.add(ident)
         item = dict(item)
         item["received_at"] = _parse_time(item.get("received_at"))
+        item["patient_id"] = (item.get("patient_id") or "").strip()
+        item["issuer_of_patient_id"] = patient_issuer(item)
         out.append(item)
     out.sort(key=lambda i: i["received_at"])
     return out
+
+
+NO_PATIENT_ID = "~no-patient-id:"
+
+
+def patient_issuer(item: dict[str, Any]) -> str:
+    """The issuer that, with the Patient ID, identifies a patient. Objects
+    without a Patient ID are never merged with one another: each study gets
+    a patient of its own, marked by a private issuer."""
+    if item["patient_id"]:
+        return (item.get("issuer_of_patient_id") or "").strip()
+    digest = hashlib.sha1(item["study_instance_uid"].encode()).hexdigest()[:40]
+    return f"{NO_PATIENT_ID}{digest}"
 
 
 def register_instances(items: list[dict[str, Any]], settings: Settings | None = None) -> dict[str, int]:
@@ -85,22 +101,22 @@ def _register(session: Session, batch: list[dict[str, Any]], settings: Settings)
 
     # patients: (patient_id, issuer) identifies one; first-seen demographics kept
     insert_ignore(session, Patient.__table__, [
-        {"patient_id": i["patient_id"], "issuer_of_patient_id": i.get("issuer_of_patient_id", ""),
+        {"patient_id": i["patient_id"], "issuer_of_patient_id": i["issuer_of_patient_id"],
          "patient_name": i.get("patient_name", ""), "patient_birth_date": i.get("patient_birth_date", ""),
          "patient_sex": i.get("patient_sex", ""), "created_at": now, "updated_at": now}
         for i in batch], ["patient_id", "issuer_of_patient_id"])
-    pkeys = {(i["patient_id"], i.get("issuer_of_patient_id", "")) for i in batch}
+    pkeys = {(i["patient_id"], i["issuer_of_patient_id"]) for i in batch}
     patient_ids = {}
     for pid, issuer, pk in session.execute(
             select(Patient.patient_id, Patient.issuer_of_patient_id, Patient.id)
-            .where(Patient.patient_id.in_({k[0] for k in pkeys}))):
+            .where(tuple_(Patient.patient_id, Patient.issuer_of_patient_id).in_(pkeys))):
         patient_ids[(pid, issuer)] = pk
 
     study_uids = {i["study_instance_uid"] for i in batch}
     known_studies = _ids(session, Study.id, Study.study_instance_uid, study_uids)
     insert_ignore(session, Study.__table__, [
         {"study_instance_uid": i["study_instance_uid"],
-         "patient_fk": patient_ids[(i["patient_id"], i.get("issuer_of_patient_id", ""))],
+         "patient_fk": patient_ids[(i["patient_id"], i["issuer_of_patient_id"])],
          "study_date": i.get("study_date", ""), "study_time": i.get("study_time", ""),
          "accession_number": i.get("accession_number", ""), "study_id": i.get("study_id", ""),
          "study_description": i.get("study_description", ""),

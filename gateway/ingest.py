@@ -96,13 +96,14 @@ class Ingestor:
         self._recover(self.folder)
 
     # --- the funnel ---------------------------------------------------------
-    def ingest(self, dataset: bytes, origin: Origin, file_meta: bytes) -> Result:
+    def ingest(self, dataset: bytes, origin: Origin, file_meta: bytes, check_existing: bool = False) -> Result:
         """Check, spool durably and queue one object.
 
         ``dataset`` is the encoded dataset as received, ``file_meta`` the
         preamble and File Meta group (see :func:`network_file_meta`).
         Raises :class:`InvalidDicomError` or :class:`DuplicateRejectedError`;
-        nothing is kept of a refused object.
+        nothing is kept of a refused object. ``check_existing`` looks up the
+        index to tell an identical re-send apart (``pacs import`` reports it).
         """
         header = read_header(file_meta + dataset)
         if not header.transfer_syntax_uid:
@@ -111,13 +112,15 @@ class Ingestor:
         # Under keep-first and overwrite, a re-sent object is settled by the
         # registration (content-addressed: an identical one is a no-op), so
         # the hot path asks the database nothing. Only "reject" must know now.
-        if self.settings.duplicate_policy == "reject":
+        if check_existing or self.settings.duplicate_policy == "reject":
             known = self._current_sha(header.sop_instance_uid)
             if known == spooled.sha256:
                 self._drop_if_unreferenced(spooled)
                 return Result(Outcome.ALREADY_STORED, header, spooled.sha256)
-            if known is not None:
-                self._drop_if_unreferenced(spooled)
+            if known is not None and self.settings.duplicate_policy == "reject":
+                # refused, but kept aside all the same: the registration records
+                # it as a superseded object (duplicate-rejected)
+                self._queue(_Pending(spooled, self._meta(header, spooled, origin), self.folder))
                 raise DuplicateRejectedError(
                     f"SOP Instance {header.sop_instance_uid} is already stored with different content")
         self._queue(_Pending(spooled, self._meta(header, spooled, origin), self.folder))
@@ -128,11 +131,12 @@ class Ingestor:
         data = Path(path).read_bytes()
         if len(data) >= 132 and data[128:132] == b"DICM":
             meta_end = file_meta_end(data)
-            return self.ingest(data[meta_end:], origin, file_meta=data[:meta_end])
+            return self.ingest(data[meta_end:], origin, file_meta=data[:meta_end], check_existing=True)
         header = read_header(data)  # a bare dataset: pydicom told its encoding apart
         return self.ingest(data, origin, network_file_meta(
             header.sop_class_uid, header.sop_instance_uid,
-            header.transfer_syntax_uid or ImplicitVRLittleEndian, origin.calling_ae_title))
+            header.transfer_syntax_uid or ImplicitVRLittleEndian, origin.calling_ae_title),
+            check_existing=True)
 
     # --- helpers of the funnel -------------------------------------------------
     def _current_sha(self, sop_instance_uid: str) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 import struct
+import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -128,6 +129,7 @@ _INT_TAGS = {
     "rows": "Rows",
     "columns": "Columns",
 }
+_DATE_ATTRS = {"patient_birth_date", "study_date"}
 _LIMITS = {"patient_name": 324, "referring_physician_name": 324, "patient_sex": 16,
            "modality": 16, "body_part_examined": 16, "study_id": 16, "study_time": 16,
            "patient_birth_date": 8, "study_date": 8}
@@ -143,6 +145,19 @@ def _text(ds: pydicom.Dataset, keyword: str, limit: int) -> str:
     return str(value).strip().replace("\x00", "")[:limit]
 
 
+_OLD_DA = re.compile(r"^(\d{4})\.(\d{2})\.(\d{2})$")
+
+
+def _date(ds: pydicom.Dataset, keyword: str) -> str:
+    """A DA value as YYYYMMDD; the pre-1993 form YYYY.MM.DD is still accepted
+    (PS3.5 §6.2, DA)."""
+    text = _text(ds, keyword, 32)
+    old = _OLD_DA.match(text)
+    if old:
+        return "".join(old.groups())
+    return text[:8] if text[:8].isdigit() else ""
+
+
 def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
@@ -156,25 +171,42 @@ _SEQ_DELIM_BE = b"\xff\xfe\xe0\xdd\x00\x00\x00\x00"
 _UNDEFINED = 0xFFFFFFFF
 
 
-def _check_complete(ds: pydicom.Dataset, size: int) -> None:
-    """Refuse a dataset whose last element runs past the end of the data.
+def _check_complete(ds: pydicom.Dataset, data: bytes, transfer_syntax_uid: str) -> None:
+    """Refuse a dataset that is not whole (PS3.5 §7.1).
 
-    pydicom reads a truncated value silently short; a received object must
-    be whole, so the last top-level element's declared length is checked
-    against the bytes we have (PS3.5 §7.1).
+    pydicom reads a truncated value silently short and stops quietly inside
+    a cut element header, so the last top-level element must end exactly at
+    the end of the data (or, with an undefined length, the data must end with
+    its delimiter); a deflated dataset must hold a complete deflate stream.
     """
-    raw = list(ds._dict.values())[-1] if len(ds._dict) else None  # noqa: SLF001
-    tell = getattr(raw, "value_tell", None)
-    if raw is None or tell is None:
+    elements = ds._dict  # noqa: SLF001 - raw elements know where their values start
+    if not elements:
+        raise InvalidDicomError("truncated or unreadable dataset: no element could be read")
+    if transfer_syntax_uid == _uid.DeflatedExplicitVRLittleEndian:
+        start = file_meta_end(data) if data[128:132] == b"DICM" else 0
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        try:
+            inflater.decompress(data[start:])
+        except zlib.error as exc:
+            raise InvalidDicomError(f"truncated or corrupt deflated dataset: {exc}") from exc
+        if not inflater.eof:  # bytes after the stream's end are not dataset (some writers pad)
+            raise InvalidDicomError("truncated dataset: the deflate stream is not complete")
         return
-    length = raw.length
-    if length == _UNDEFINED:
-        return  # checked by the caller on the raw bytes (delimiter at the end)
-    if tell + length > size:
-        raise InvalidDicomError(
-            f"truncated dataset: element {raw.tag} declares {length} bytes, "
-            f"{max(0, size - tell)} received"
-        )
+    raw = elements[next(reversed(elements))]
+    tell = getattr(raw, "value_tell", None)
+    if tell is None:
+        return
+    if raw.length == _UNDEFINED:
+        if not (data.endswith(_SEQ_DELIM_LE) or data.endswith(_SEQ_DELIM_BE)):
+            raise InvalidDicomError(f"truncated dataset: element {raw.tag} of undefined length is not closed")
+        return
+    end = tell + raw.length
+    if end > len(data):
+        raise InvalidDicomError(f"truncated dataset: element {raw.tag} declares {raw.length} bytes, "
+                                f"{max(0, len(data) - tell)} received")
+    if end < len(data):
+        raise InvalidDicomError(f"truncated dataset: {len(data) - end} bytes after element {raw.tag} "
+                                "do not make a whole element")
 
 
 def read_header(data: bytes, transfer_syntax_uid: str | None = None) -> Header:
@@ -189,17 +221,11 @@ def read_header(data: bytes, transfer_syntax_uid: str | None = None) -> Header:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
         meta0 = getattr(ds, "file_meta", None)
         ts0 = str(transfer_syntax_uid or (meta0.get("TransferSyntaxUID", "") if meta0 else ""))
-        if ts0 != _uid.DeflatedExplicitVRLittleEndian:
-            _check_complete(ds, len(data))
-            last = list(ds._dict.values())[-1] if len(ds._dict) else None  # noqa: SLF001
-            if last is not None and getattr(last, "length", 0) == _UNDEFINED and not (
-                data.endswith(_SEQ_DELIM_LE) or data.endswith(_SEQ_DELIM_BE)
-            ):
-                raise InvalidDicomError("truncated dataset: undefined-length element not closed")
+        _check_complete(ds, data, ts0)
     except InvalidDicomError:
         raise
     except (_PydicomInvalid, EOFError, ValueError, KeyError, TypeError, OSError, AttributeError,
-            NotImplementedError) as exc:
+            NotImplementedError, struct.error, zlib.error) as exc:
         raise InvalidDicomError(f"unreadable dataset: {exc}") from exc
     meta = getattr(ds, "file_meta", None)
     ts = transfer_syntax_uid or (meta.get("TransferSyntaxUID") if meta else None) or ""
@@ -212,7 +238,10 @@ def read_header(data: bytes, transfer_syntax_uid: str | None = None) -> Header:
         transfer_syntax_uid=check_uid(ts, "Transfer Syntax UID") if ts else "",
     )
     for attr, keyword in _TEXT_TAGS.items():
-        setattr(header, attr, _text(ds, keyword, _LIMITS.get(attr, 64)))
+        if attr in _DATE_ATTRS:
+            setattr(header, attr, _date(ds, keyword))
+        else:
+            setattr(header, attr, _text(ds, keyword, _LIMITS.get(attr, 64)))
     for attr, keyword in _INT_TAGS.items():
         setattr(header, attr, _int(ds, keyword))
     if meta is not None:

@@ -37,10 +37,24 @@ def start_heartbeat(settings: Settings, service: str, detail: dict | None = None
     ticker(f"{service}-heartbeat", INTERVAL, lambda: beat(settings, service, detail))
 
 
+def _running_here(host: str, pid: int) -> bool:
+    """False only when the process was on this host and is gone."""
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def alive(settings: Settings) -> list[dict]:
-    """Processes seen recently: service, host, pid, seen_at, detail."""
+    """Processes seen recently (and, on this host, still running): service,
+    host, pid, seen_at, detail."""
     with unit_of_work(settings) as session:
         rows = session.scalars(select(ServiceHeartbeat).where(
             ServiceHeartbeat.seen_at >= utcnow() - ALIVE_WITHIN).order_by(ServiceHeartbeat.service))
         return [{"service": r.service, "host": r.host, "pid": r.pid, "seen_at": r.seen_at.isoformat(),
-                 "detail": json.loads(r.detail or "{}")} for r in rows]
+                 "detail": json.loads(r.detail or "{}")} for r in rows if _running_here(r.host, r.pid)]

@@ -4,7 +4,6 @@ PostgreSQL + Redis as docker-compose runs it."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -24,7 +23,21 @@ import redis as redis_lib
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379"
 DCMTK = Path("/usr/bin")  # pynetdicom installs scripts of the same names on PATH
-_redis_dbs = itertools.count(3)
+REDIS_TEST_DBS = range(1, 16)
+
+
+def claim_redis_db() -> int:
+    """A Redis database number no other running test cluster uses (claimed
+    with a key in database 0 that expires, in case a run dies)."""
+    client = redis_lib.Redis.from_url(f"{REDIS_URL}/0")
+    for n in REDIS_TEST_DBS:
+        if client.set(f"pacs-test:db:{n}", os.getpid(), nx=True, ex=3600):
+            return n
+    raise RuntimeError("every Redis test database is in use")
+
+
+def release_redis_db(n: int) -> None:
+    redis_lib.Redis.from_url(f"{REDIS_URL}/0").delete(f"pacs-test:db:{n}")
 
 
 def free_port() -> int:
@@ -95,7 +108,7 @@ class Cluster:
         })
         if self.backend == "postgres":
             self.pg_db = create_pg_database()
-            self.redis_db = next(_redis_dbs) % 16
+            self.redis_db = claim_redis_db()
             redis_lib.Redis.from_url(f"{REDIS_URL}/{self.redis_db}").flushdb()
             self.env["PACS_DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:5432/{self.pg_db}"
             self.env["PACS_BROKER_URL"] = f"{REDIS_URL}/{self.redis_db}"
@@ -140,6 +153,8 @@ class Cluster:
             self.pg_db = None
         if self.redis_db is not None:
             redis_lib.Redis.from_url(f"{REDIS_URL}/{self.redis_db}").flushdb()
+            release_redis_db(self.redis_db)
+            self.redis_db = None
 
     def log(self) -> str:
         try:
