@@ -244,6 +244,16 @@ class SendResult:
     exit_codes: list[int]
 
 
+def all_services_up(env: dict[str, str]) -> bool:
+    try:
+        services = pacs_json(["status"], env)["services"]
+    except Exception:  # noqa: BLE001 - not ready yet
+        return False
+    listeners = [p for p in services["gateway"]["processes"] if p["service"] == "gateway-listener"]
+    return all(s["up"] for s in services.values()) and len(listeners) >= int(
+        env.get("PACS_GATEWAY_PROCESSES", "2"))
+
+
 def send(paths: list[Path], port: int, called_ae: str, associations: int, timeout: float,
          logdir: Path) -> SendResult:
     """Send *paths* over *associations* parallel dcmtk storescu processes; the
@@ -465,6 +475,9 @@ def run_cluster(paths, total_bytes, args, work: Path) -> PeerResult:
         archive_health = f"http://127.0.0.1:{ports['ARCHIVE']}/healthz"
         wait_until(lambda: port_open(ports["DICOM"]) and http_ok(archive_health), args.start_timeout,
                    "pacs up", proc, log)
+        # measure a running cluster, not its start-up: every service process
+        # (the gateway's listeners too) must report in first
+        wait_until(lambda: all_services_up(env), args.start_timeout, "pacs status", proc, log)
         t0 = time.perf_counter()
         sent = send(paths, ports["DICOM"], "PACS", args.associations, args.timeout, work)
         result.fill(sent, total_bytes)

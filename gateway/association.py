@@ -16,6 +16,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ LOG = logging.getLogger(__name__)
 
 UNRECOGNIZED_OPERATION = 0x0211  # PS3.7 C.4
 ARTIM_SECONDS = 30.0
+ACCEPT_BACKOFF_SECONDS = 0.003
 
 Handler = Callable[[Any], "int | Dataset"]
 
@@ -279,6 +281,13 @@ class Acceptor:
     def serve_forever(self) -> None:
         self.listen_socket.settimeout(0.5)
         while not self._stop.is_set():
+            # Several processes accept on this socket. One that is busy lets
+            # an idle one take the next association first, so associations
+            # spread over the processes instead of piling onto one.
+            with self._lock:
+                busy = self._active
+            if busy:
+                time.sleep(min(busy, 8) * ACCEPT_BACKOFF_SECONDS)
             try:
                 conn, address = self.listen_socket.accept()
             except TimeoutError:
