@@ -14,6 +14,7 @@ import pydicom
 from pydicom import uid as _uid
 from pydicom.errors import InvalidDicomError as _PydicomInvalid
 
+from services.dicomscan import Unsupported, scan, scan_meta
 from services.errors import InvalidDicomError
 
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -130,6 +131,11 @@ _INT_TAGS = {
     "columns": "Columns",
 }
 _DATE_ATTRS = {"patient_birth_date", "study_date"}
+_WANTED = frozenset(
+    int(pydicom.datadict.tag_for_keyword(k))
+    for k in (*_TEXT_TAGS.values(), *_INT_TAGS.values(), "SpecificCharacterSet", "SOPClassUID",
+              "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+)
 _LIMITS = {"patient_name": 324, "referring_physician_name": 324, "patient_sex": 16,
            "modality": 16, "body_part_examined": 16, "study_id": 16, "study_time": 16,
            "patient_birth_date": 8, "study_date": 8}
@@ -210,7 +216,7 @@ def _check_complete(ds: pydicom.Dataset, data: bytes, transfer_syntax_uid: str) 
 
 
 def read_header(data: bytes, transfer_syntax_uid: str | None = None) -> Header:
-    """Parse the header of a DICOM file (with or without file meta) and
+    """Check that a DICOM file (with or without file meta) is whole and
     return what the index needs. Element values other than those indexed are
     never decoded, and pixel data is never decompressed.
 
@@ -218,25 +224,46 @@ def read_header(data: bytes, transfer_syntax_uid: str | None = None) -> Header:
     on: unreadable or truncated dataset, missing or malformed UIDs.
     """
     try:
+        if len(data) >= 144 and data[128:132] == b"DICM":
+            meta_end = file_meta_end(data)
+            meta = scan_meta(data, meta_end)
+            ts = transfer_syntax_uid or meta.get(0x00020010, "")
+            try:
+                ds = scan(data, meta_end, ts, _WANTED)
+            except Unsupported:
+                pass
+            except InvalidDicomError as exc:
+                if str(exc).startswith("truncated"):
+                    raise
+                # not the encoding its transfer syntax says (real files do
+                # this): pydicom's heuristics get the last word
+            else:
+                return _to_header(ds, ts, meta.get(0x00020002, ""), meta.get(0x00020003, ""))
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
-        meta0 = getattr(ds, "file_meta", None)
-        ts0 = str(transfer_syntax_uid or (meta0.get("TransferSyntaxUID", "") if meta0 else ""))
-        _check_complete(ds, data, ts0)
+        file_meta = getattr(ds, "file_meta", None)
+        ts = str(transfer_syntax_uid or (file_meta.get("TransferSyntaxUID", "") if file_meta else ""))
+        _check_complete(ds, data, ts)
     except InvalidDicomError:
         raise
     except (_PydicomInvalid, EOFError, ValueError, KeyError, TypeError, OSError, AttributeError,
             NotImplementedError, struct.error, zlib.error) as exc:
         raise InvalidDicomError(f"unreadable dataset: {exc}") from exc
-    meta = getattr(ds, "file_meta", None)
-    ts = transfer_syntax_uid or (meta.get("TransferSyntaxUID") if meta else None) or ""
-    sop_class = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else "")
-    header = Header(
-        sop_instance_uid=check_uid(ds.get("SOPInstanceUID"), "SOP Instance UID"),
-        sop_class_uid=check_uid(sop_class, "SOP Class UID"),
-        study_instance_uid=check_uid(ds.get("StudyInstanceUID"), "Study Instance UID"),
-        series_instance_uid=check_uid(ds.get("SeriesInstanceUID"), "Series Instance UID"),
-        transfer_syntax_uid=check_uid(ts, "Transfer Syntax UID") if ts else "",
-    )
+    file_meta = getattr(ds, "file_meta", None)
+    return _to_header(ds, ts, str(file_meta.get("MediaStorageSOPClassUID", "")) if file_meta else "",
+                      str(file_meta.get("MediaStorageSOPInstanceUID", "")) if file_meta else "")
+
+
+def _to_header(ds: pydicom.Dataset, ts: str, meta_sop_class: str, meta_sop_instance: str) -> Header:
+    try:
+        header = Header(
+            sop_instance_uid=check_uid(ds.get("SOPInstanceUID"), "SOP Instance UID"),
+            sop_class_uid=check_uid(ds.get("SOPClassUID") or meta_sop_class, "SOP Class UID"),
+            study_instance_uid=check_uid(ds.get("StudyInstanceUID"), "Study Instance UID"),
+            series_instance_uid=check_uid(ds.get("SeriesInstanceUID"), "Series Instance UID"),
+            transfer_syntax_uid=check_uid(ts, "Transfer Syntax UID") if ts else "",
+        )
+    except (ValueError, TypeError, AttributeError) as exc:  # a UID value pydicom cannot read
+        raise InvalidDicomError(f"unreadable UID: {exc}") from exc
     for attr, keyword in _TEXT_TAGS.items():
         if attr in _DATE_ATTRS:
             setattr(header, attr, _date(ds, keyword))
@@ -244,12 +271,10 @@ def read_header(data: bytes, transfer_syntax_uid: str | None = None) -> Header:
             setattr(header, attr, _text(ds, keyword, _LIMITS.get(attr, 64)))
     for attr, keyword in _INT_TAGS.items():
         setattr(header, attr, _int(ds, keyword))
-    if meta is not None:
-        sop_meta = meta.get("MediaStorageSOPInstanceUID")
-        if sop_meta and str(sop_meta).strip() != header.sop_instance_uid:
-            raise InvalidDicomError(
-                "file meta MediaStorageSOPInstanceUID differs from the dataset's SOP Instance UID"
-            )
+    if meta_sop_instance and meta_sop_instance.strip() != header.sop_instance_uid:
+        raise InvalidDicomError(
+            "file meta MediaStorageSOPInstanceUID differs from the dataset's SOP Instance UID"
+        )
     return header
 
 
