@@ -61,21 +61,24 @@ def accept_from_inbox(announced: list[list], settings: Settings | None = None) -
     store = cache_store(settings)
     inbox = settings.archive_inbox_path
     taken: list[tuple[str, str, int]] = []
+    moves: list[tuple[str, Path, str]] = []
+    sizes: dict[str, int] = {}
     for sha, size in announced:
         key = object_key(sha)
         src = inbox / f"{sha}.dcm"
         if store.exists(key) and store.size(key) == size:
             src.unlink(missing_ok=True)
+            taken.append((sha, key, size))
         elif src.is_file():
-            try:
-                store.put_file(key, src, sha)
-            except IntegrityError as exc:
-                LOG.error("inbox object refused: %s", exc)
-                src.unlink(missing_ok=True)
-                continue
+            moves.append((key, src, sha))
+            sizes[key] = size
+    errors = store.put_files(moves)
+    for key, src, sha in moves:
+        if key in errors:
+            LOG.error("inbox object refused: %s", errors[key])
+            src.unlink(missing_ok=True)
         else:
-            continue
-        taken.append((sha, key, size))
+            taken.append((sha, key, sizes[key]))
     record_copies(taken, settings=settings)
     return len(taken)
 

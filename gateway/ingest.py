@@ -30,7 +30,7 @@ from sqlalchemy import select
 from dbserver.models import Instance, ObjectCopy
 from dbserver.registration import registered
 from services.db import get_engine
-from services.dicom import Header, check_uid, file_meta_bytes, file_meta_end, read_header
+from services.dicom import Header, check_uid, file_meta_bytes, file_meta_end, read_header, read_header_parts
 from services.errors import DuplicateRejectedError, InvalidDicomError, PacsError, TransferError
 from services.settings import Settings, get_settings
 from services.tasks import T_REGISTER_INSTANCES, send
@@ -105,7 +105,7 @@ class Ingestor:
         nothing is kept of a refused object. ``check_existing`` looks up the
         index to tell an identical re-send apart (``pacs import`` reports it).
         """
-        header = read_header(file_meta + dataset)
+        header = read_header_parts(file_meta, dataset)
         if not header.transfer_syntax_uid:
             raise InvalidDicomError("no transfer syntax in the file meta information")
         spooled = self.folder.write([file_meta, dataset])

@@ -131,17 +131,18 @@ _INT_TAGS = {
     "columns": "Columns",
 }
 _DATE_ATTRS = {"patient_birth_date", "study_date"}
-_WANTED = frozenset(
-    int(pydicom.datadict.tag_for_keyword(k))
+_KEYWORDS = {
+    int(pydicom.datadict.tag_for_keyword(k)): k
     for k in (*_TEXT_TAGS.values(), *_INT_TAGS.values(), "SpecificCharacterSet", "SOPClassUID",
               "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-)
+}
+_WANTED = frozenset(_KEYWORDS)
 _LIMITS = {"patient_name": 324, "referring_physician_name": 324, "patient_sex": 16,
            "modality": 16, "body_part_examined": 16, "study_id": 16, "study_time": 16,
            "patient_birth_date": 8, "study_date": 8}
 
 
-def _text(ds: pydicom.Dataset, keyword: str, limit: int) -> str:
+def _text(ds: pydicom.Dataset | dict, keyword: str, limit: int) -> str:
     try:
         value = ds.get(keyword, "")
     except Exception:  # noqa: BLE001 - a malformed optional tag is not fatal
@@ -154,7 +155,7 @@ def _text(ds: pydicom.Dataset, keyword: str, limit: int) -> str:
 _OLD_DA = re.compile(r"^(\d{4})\.(\d{2})\.(\d{2})$")
 
 
-def _date(ds: pydicom.Dataset, keyword: str) -> str:
+def _date(ds: pydicom.Dataset | dict, keyword: str) -> str:
     """A DA value as YYYYMMDD; the pre-1993 form YYYY.MM.DD is still accepted
     (PS3.5 §6.2, DA)."""
     text = _text(ds, keyword, 32)
@@ -164,7 +165,7 @@ def _date(ds: pydicom.Dataset, keyword: str) -> str:
     return text[:8] if text[:8].isdigit() else ""
 
 
-def _int(ds: pydicom.Dataset, keyword: str) -> int | None:
+def _int(ds: pydicom.Dataset | dict, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
         return int(value) if value not in (None, "") else None
@@ -229,7 +230,7 @@ def read_header(data: bytes, transfer_syntax_uid: str | None = None) -> Header:
             meta = scan_meta(data, meta_end)
             ts = transfer_syntax_uid or meta.get(0x00020010, "")
             try:
-                ds = scan(data, meta_end, ts, _WANTED)
+                ds = scan(data, meta_end, ts, _WANTED, _KEYWORDS)
             except Unsupported:
                 pass
             except InvalidDicomError as exc:
@@ -253,7 +254,22 @@ def read_header(data: bytes, transfer_syntax_uid: str | None = None) -> Header:
                       str(file_meta.get("MediaStorageSOPInstanceUID", "")) if file_meta else "")
 
 
-def _to_header(ds: pydicom.Dataset, ts: str, meta_sop_class: str, meta_sop_instance: str) -> Header:
+def read_header_parts(file_meta: bytes, dataset: bytes) -> Header:
+    """:func:`read_header` of ``file_meta + dataset`` without joining them
+    (the received dataset is scanned where it lies)."""
+    if len(file_meta) >= 144 and file_meta[128:132] == b"DICM":
+        try:
+            meta = scan_meta(file_meta, len(file_meta))
+            ts = meta.get(0x00020010, "")
+            ds = scan(dataset, 0, ts, _WANTED, _KEYWORDS)
+        except (Unsupported, InvalidDicomError, struct.error, ValueError):
+            pass  # the full path below decides, with the right message
+        else:
+            return _to_header(ds, ts, meta.get(0x00020002, ""), meta.get(0x00020003, ""))
+    return read_header(file_meta + dataset)
+
+
+def _to_header(ds: pydicom.Dataset | dict, ts: str, meta_sop_class: str, meta_sop_instance: str) -> Header:
     try:
         header = Header(
             sop_instance_uid=check_uid(ds.get("SOPInstanceUID"), "SOP Instance UID"),

@@ -118,14 +118,41 @@ class _Scan:
                     raise _truncated("an item runs past the end of the data")
 
 
-def scan(buf: bytes, start: int, transfer_syntax_uid: str, wanted: frozenset[int]) -> Dataset:
-    """Scan the dataset that starts at ``start``; return a Dataset holding
-    only the ``wanted`` top-level elements (raw, converted on access)."""
+# character sets whose text values decode with one Python codec (PS3.5 §6.1);
+# others (ISO 2022 code extensions) are left to pydicom
+_SIMPLE_CHARSETS = {"": "ascii", "ISO_IR 6": "ascii", "ISO 2022 IR 6": "ascii", "ISO_IR 100": "latin-1",
+                    "ISO_IR 192": "utf-8"}
+_US_TAGS = frozenset({0x00280010, 0x00280011})  # Rows, Columns
+_CHARSET_TAG = 0x00080005
+
+
+def scan(buf: bytes, start: int, transfer_syntax_uid: str, wanted: frozenset[int],
+         keywords: dict[int, str] | None = None) -> Dataset | dict[str, object]:
+    """Scan the dataset that starts at ``start``.
+
+    With ``keywords`` (tag -> keyword) and a simple character set, return the
+    ``wanted`` top-level values decoded directly, keyed by keyword (text as
+    str, US as int). Otherwise return a Dataset holding only the ``wanted``
+    elements, raw, converted by pydicom on access."""
     if transfer_syntax_uid in (BIG_ENDIAN, DEFLATED):
         raise Unsupported(transfer_syntax_uid)
     implicit = transfer_syntax_uid == IMPLICIT_LE
     s = _Scan(buf, wanted)
     s.elements(start, len(buf), implicit, 0)
+    if keywords is not None:
+        charset = s.found.get(_CHARSET_TAG)
+        name = bytes(buf[charset[2]:charset[2] + charset[1]]).decode("ascii", "replace").strip(" \x00") \
+            if charset else ""
+        codec = _SIMPLE_CHARSETS.get(name)
+        if codec is not None:
+            values: dict[str, object] = {}
+            for tag, (_vr, length, vpos) in s.found.items():
+                raw = bytes(buf[vpos:vpos + length])
+                if tag in _US_TAGS:
+                    values[keywords[tag]] = _unpack_u16(raw, 0)[0] if length >= 2 else None
+                else:
+                    values[keywords[tag]] = raw.decode(codec, "replace").rstrip("\x00 ").strip()
+            return values
     ds = Dataset()
     for tag, (vr, length, vpos) in s.found.items():
         ds[Tag(tag)] = RawDataElement(Tag(tag), vr.decode() if vr else None, length,

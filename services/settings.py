@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     spool_resend_seconds: float = Field(30.0, gt=0)
     sweep_interval_seconds: float = Field(5.0, gt=0)
     worker_concurrency: int = Field(1, ge=1, le=64)
+    # archive and index workers yield the CPU to the DICOM listeners during a
+    # burst: a modality waits on the acknowledgement, nobody on the index
+    worker_nice: int = Field(5, ge=0, le=19)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("dicom_ae_title")

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from services.errors import IntegrityError, StorageError
+from services.errors import IntegrityError, PacsError, StorageError
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 1 << 20
@@ -90,6 +90,17 @@ class BlobStore(ABC):
     def put_file(self, key: str, path: Path, sha256: str) -> None:
         """Take the file at ``path`` (moved or copied), verified against ``sha256``."""
 
+    def put_files(self, items: list[tuple[str, Path, str]]) -> dict[str, PacsError]:
+        """``put_file`` for many (key, path, sha256); returns the errors by key
+        (the others were taken)."""
+        errors: dict[str, PacsError] = {}
+        for key, path, sha256 in items:
+            try:
+                self.put_file(key, path, sha256)
+            except (IntegrityError, StorageError) as exc:
+                errors[key] = exc
+        return errors
+
     @abstractmethod
     def get(self, key: str) -> bytes: ...
 
@@ -124,20 +135,37 @@ class FileSystemStore(BlobStore):
         write_durably(self.path(key), [data])
 
     def put_file(self, key: str, path: Path, sha256: str) -> None:
-        dest = self.path(key)
-        actual, _ = sha256_file(path)
-        if actual != sha256:
-            raise IntegrityError(f"{path.name}: SHA-256 {actual} differs from announced {sha256}")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.replace(path, dest)
-        except OSError:  # another filesystem: copy durably, then drop the source
-            with open(path, "rb") as fh:
-                write_durably(dest, iter(lambda: fh.read(CHUNK), b""))
-            path.unlink(missing_ok=True)
-            return
-        # the data was fsync'd by whoever wrote it; make the new name durable
-        fsync_dir(dest.parent)
+        error = self.put_files([(key, path, sha256)]).get(key)
+        if error is not None:
+            raise error
+
+    def put_files(self, items: list[tuple[str, Path, str]]) -> dict[str, PacsError]:
+        """Verify and move many files in, then make their new names durable
+        with one fsync per folder: one journal commit for the batch."""
+        errors: dict[str, PacsError] = {}
+        folders: set[Path] = set()
+        for key, path, sha256 in items:
+            dest = self.path(key)
+            actual, _ = sha256_file(path)
+            if actual != sha256:
+                errors[key] = IntegrityError(f"{path.name}: SHA-256 {actual} differs from announced {sha256}")
+                continue
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(path, dest)
+            except OSError:  # another filesystem: copy durably, then drop the source
+                try:
+                    with open(path, "rb") as fh:
+                        write_durably(dest, iter(lambda fh=fh: fh.read(CHUNK), b""))
+                except StorageError as exc:
+                    errors[key] = exc
+                    continue
+                path.unlink(missing_ok=True)
+                continue
+            folders.add(dest.parent)  # the data was fsync'd by whoever wrote it
+        for folder in folders:
+            fsync_dir(folder)
+        return errors
 
     def get(self, key: str) -> bytes:
         try:

@@ -4,6 +4,7 @@ periodic "ticker" threads (idempotent work that needs no message)."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 
@@ -34,6 +35,8 @@ def ticker(name: str, interval: float, work: Callable[[], object]) -> threading.
 
 def run_worker(settings: Settings, name: str, queues: list[str],
                register: list[Callable[[Celery], None]]) -> None:
+    if settings.worker_nice:
+        os.nice(settings.worker_nice)
     app = make_celery(settings)
     for fn in register:
         fn(app)
