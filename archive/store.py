@@ -8,13 +8,14 @@ keep). Recording is idempotent: a resent object is a no-op.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from sqlalchemy import select
 
 from dbserver.models import ObjectCopy, utcnow
 from services.db import run_in_transaction, unit_of_work
-from services.errors import IntegrityError, StorageError
+from services.errors import StorageError
 from services.settings import Settings, get_settings
 from services.sqlutil import upsert
 from services.storage import FileSystemStore, object_key
@@ -50,8 +51,12 @@ def record_copies(rows: list[tuple[str, str, int]], tier: str = TIER_CACHE,
 
 
 def accept_from_inbox(announced: list[list], settings: Settings | None = None) -> int:
-    """Take announced inbox files (``[sha256, size]`` each) into the cache
-    tier, verified, and record their copies. Returns how many were taken.
+    """Take announced inbox files (``[sha256, size, inode]`` each) into the
+    cache tier, verified, and record their copies. Returns how many were taken.
+
+    A file that is the announced inode, of the announced size, is the one
+    the sender hashed as it wrote it (a hard link copies nothing): it is
+    taken as verified. Any other is re-hashed.
 
     An object already in the cache is only recorded; a file whose content
     does not match its name is dropped from the inbox (the sender keeps its
@@ -61,19 +66,28 @@ def accept_from_inbox(announced: list[list], settings: Settings | None = None) -
     store = cache_store(settings)
     inbox = settings.archive_inbox_path
     taken: list[tuple[str, str, int]] = []
-    moves: list[tuple[str, Path, str]] = []
+    same_inode: list[tuple[str, Path, str]] = []
+    to_hash: list[tuple[str, Path, str]] = []
     sizes: dict[str, int] = {}
-    for sha, size in announced:
+    for sha, size, *inode in announced:
         key = object_key(sha)
         src = inbox / f"{sha}.dcm"
         if store.exists(key) and store.size(key) == size:
             src.unlink(missing_ok=True)
             taken.append((sha, key, size))
-        elif src.is_file():
-            moves.append((key, src, sha))
-            sizes[key] = size
-    errors = store.put_files(moves)
-    for key, src, sha in moves:
+            continue
+        try:
+            st = os.stat(src)
+        except FileNotFoundError:
+            continue  # the sender will announce it again
+        sizes[key] = size
+        if inode and st.st_ino == inode[0] and st.st_size == size:
+            same_inode.append((key, src, sha))
+        else:
+            to_hash.append((key, src, sha))
+    errors = store.put_files(same_inode, rehash=False)
+    errors.update(store.put_files(to_hash))
+    for key, src, sha in same_inode + to_hash:
         if key in errors:
             LOG.error("inbox object refused: %s", errors[key])
             src.unlink(missing_ok=True)

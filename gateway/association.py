@@ -67,9 +67,13 @@ class Event:
     request: Command
     _dataset: list[memoryview] = field(default_factory=list)
 
-    def encoded_dataset(self, include_meta: bool = False) -> bytes:
+    def encoded_dataset(self, include_meta: bool = False) -> bytes | memoryview:
+        """The dataset as received; one that came in a single PDV is handed
+        over without a copy (a memoryview of the PDU buffer)."""
         if include_meta:
             raise NotImplementedError("the gateway builds its own file meta")
+        if len(self._dataset) == 1:
+            return self._dataset[0]
         return b"".join(self._dataset)
 
 

@@ -41,6 +41,7 @@ LOG = logging.getLogger(__name__)
 
 BATCH_MAX = 200
 FLUSH_INTERVAL = 0.25
+QUIET_INTERVAL = 0.02
 CONFIRM_INTERVAL = 0.5
 ADOPT_INTERVAL = 10.0
 
@@ -73,6 +74,7 @@ class _Pending:
     folder: SpoolFolder
     sent_at: float = 0.0
     attempts: int = 0
+    queued_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -196,15 +198,19 @@ class Ingestor:
         return self.pending_count() == 0
 
     def _forward_loop(self) -> None:
+        """Deliver in batches: when one is full, when its oldest object has
+        waited FLUSH_INTERVAL, or as soon as a burst pauses (QUIET_INTERVAL
+        without a new object), so the last objects of a study do not wait."""
         while not self._stop.is_set():
             with self._cv:
-                if not self._new:
-                    self._cv.wait(FLUSH_INTERVAL)
-                batch, self._new = self._new, []
+                self._cv.wait(QUIET_INTERVAL)
+                now = time.monotonic()
+                due = self._new and (len(self._new) >= BATCH_MAX
+                                     or now - self._new[0].queued_at >= FLUSH_INTERVAL
+                                     or now - self._new[-1].queued_at >= QUIET_INTERVAL)
+                batch, self._new = (self._new, []) if due else ([], self._new)
             if batch:
                 self._deliver(batch)
-            else:
-                time.sleep(FLUSH_INTERVAL)
         with self._cv:
             batch, self._new = self._new, []
         if batch:

@@ -67,7 +67,7 @@ class _Scan:
                 (length,) = _unpack_u32(buf, pos + 4)
                 vpos = pos + 8
             else:
-                vr = buf[pos + 4:pos + 6]
+                vr = bytes(buf[pos + 4:pos + 6])
                 if vr in _LONG_VRS:
                     if pos + 12 > size:
                         raise _truncated(f"element header cut at byte {pos}")
@@ -126,7 +126,7 @@ _US_TAGS = frozenset({0x00280010, 0x00280011})  # Rows, Columns
 _CHARSET_TAG = 0x00080005
 
 
-def scan(buf: bytes, start: int, transfer_syntax_uid: str, wanted: frozenset[int],
+def scan(buf: bytes | memoryview, start: int, transfer_syntax_uid: str, wanted: frozenset[int],
          keywords: dict[int, str] | None = None) -> Dataset | dict[str, object]:
     """Scan the dataset that starts at ``start``.
 
@@ -156,7 +156,7 @@ def scan(buf: bytes, start: int, transfer_syntax_uid: str, wanted: frozenset[int
     ds = Dataset()
     for tag, (vr, length, vpos) in s.found.items():
         ds[Tag(tag)] = RawDataElement(Tag(tag), vr.decode() if vr else None, length,
-                                       buf[vpos:vpos + length], vpos, implicit, True)
+                                       bytes(buf[vpos:vpos + length]), vpos, implicit, True)
     ds.set_original_encoding(implicit, True)
     return ds
 

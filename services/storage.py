@@ -90,9 +90,10 @@ class BlobStore(ABC):
     def put_file(self, key: str, path: Path, sha256: str) -> None:
         """Take the file at ``path`` (moved or copied), verified against ``sha256``."""
 
-    def put_files(self, items: list[tuple[str, Path, str]]) -> dict[str, PacsError]:
+    def put_files(self, items: list[tuple[str, Path, str]], rehash: bool = True) -> dict[str, PacsError]:
         """``put_file`` for many (key, path, sha256); returns the errors by key
-        (the others were taken)."""
+        (the others were taken). Backends may skip re-hashing with
+        ``rehash=False`` when the caller verified the content otherwise."""
         errors: dict[str, PacsError] = {}
         for key, path, sha256 in items:
             try:
@@ -139,14 +140,15 @@ class FileSystemStore(BlobStore):
         if error is not None:
             raise error
 
-    def put_files(self, items: list[tuple[str, Path, str]]) -> dict[str, PacsError]:
+    def put_files(self, items: list[tuple[str, Path, str]], rehash: bool = True) -> dict[str, PacsError]:
         """Verify and move many files in, then make their new names durable
-        with one fsync per folder: one journal commit for the batch."""
+        with one fsync per folder: one journal commit for the batch.
+        ``rehash=False`` when the caller verified the content otherwise."""
         errors: dict[str, PacsError] = {}
         folders: set[Path] = set()
         for key, path, sha256 in items:
             dest = self.path(key)
-            actual, _ = sha256_file(path)
+            actual = sha256_file(path)[0] if rehash else sha256
             if actual != sha256:
                 errors[key] = IntegrityError(f"{path.name}: SHA-256 {actual} differs from announced {sha256}")
                 continue

@@ -3,7 +3,10 @@ and back out of it.
 
 * **local** — spool and archive cache share a filesystem: the spool file is
   hard-linked into the archive's inbox (``<sha256>.dcm``) and the archive is
-  told on queue ``archive``; it re-hashes the file before taking it.
+  told on queue ``archive`` (SHA-256, size, inode). No byte is copied, so the
+  archive verifies identity: the inbox name must be the very inode, of the
+  very size, that the sender hashed while writing it; anything else is
+  re-hashed.
 * **http** — ``PUT {archive}/objects/{sha256}`` with ``Content-Digest:
   sha-256=:…:`` (RFC 9530); the archive hashes while receiving and answers
   201 only once the copy is verified, fsync'd and recorded.
@@ -90,6 +93,7 @@ def _handoff_local(items: list[Outgoing], settings: Settings) -> None:
     for item in items:
         target = inbox / f"{item.sha256}.dcm"
         try:
+            inode = os.stat(item.path).st_ino
             os.link(item.path, target)
         except FileExistsError:
             pass
@@ -99,7 +103,7 @@ def _handoff_local(items: list[Outgoing], settings: Settings) -> None:
             if exc.errno == errno.EXDEV:
                 raise TransferError("spool and archive inbox are on different filesystems") from exc
             raise TransferError(f"cannot link {item.path.name} into the archive inbox: {exc}") from exc
-        announced.append([item.sha256, item.size])
+        announced.append([item.sha256, item.size, inode])
     if announced:
         try:
             send(T_ARCHIVE_ACCEPT, announced)
