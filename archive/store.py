@@ -11,11 +11,9 @@ import logging
 import os
 from pathlib import Path
 
-from sqlalchemy import select
 
 from dbserver.models import ObjectCopy, utcnow
-from services.db import run_in_transaction, unit_of_work
-from services.errors import StorageError
+from services.db import run_in_transaction
 from services.settings import Settings, get_settings
 from services.sqlutil import upsert
 from services.storage import FileSystemStore, object_key
@@ -95,21 +93,3 @@ def accept_from_inbox(announced: list[list], settings: Settings | None = None) -
             taken.append((sha, key, sizes[key]))
     record_copies(taken, settings=settings)
     return len(taken)
-
-
-def verified_copies(shas: list[str], tier: str = TIER_CACHE,
-                    settings: Settings | None = None) -> set[str]:
-    with unit_of_work(settings) as session:
-        found = session.scalars(
-            select(ObjectCopy.sha256).where(ObjectCopy.sha256.in_(shas), ObjectCopy.tier == tier,
-                                            ObjectCopy.verified_at.is_not(None)))
-        return set(found)
-
-
-def verify_copy(sha: str, settings: Settings | None = None) -> bool:
-    """Re-hash the cached copy of ``sha``."""
-    store = cache_store(settings)
-    try:
-        return store.verify(object_key(sha), sha)
-    except StorageError:
-        return False

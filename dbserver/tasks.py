@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from dbserver.registration import mark_stable_studies, register_instances
-from services.tasks import T_MARK_STABLE, T_REGISTER_INSTANCES
+from dbserver.registration import register_instances
+from services.tasks import T_REGISTER_INSTANCES
 
 
 def register(app: Celery) -> None:
@@ -14,7 +14,3 @@ def register(app: Celery) -> None:
     def register_instances_task(items: list[dict]) -> dict:
         """Register a batch of received instances; safe to run twice."""
         return register_instances(items)
-
-    @app.task(name=T_MARK_STABLE)
-    def mark_stable_task() -> int:
-        return len(mark_stable_studies())

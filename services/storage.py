@@ -192,18 +192,6 @@ class FileSystemStore(BlobStore):
     def size(self, key: str) -> int:
         return self.path(key).stat().st_size
 
-    def usage(self) -> tuple[int, int]:
-        """(files, bytes) under the root."""
-        files = total = 0
-        for dirpath, _dirs, names in os.walk(self.root):
-            for name in names:
-                try:
-                    total += os.stat(os.path.join(dirpath, name)).st_size
-                    files += 1
-                except OSError:
-                    pass
-        return files, total
-
 
 class MemoryStore(BlobStore):
     """In-memory backend for unit tests."""

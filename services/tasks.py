@@ -23,7 +23,6 @@ QUEUES = (Q_DB, Q_ARCHIVE, Q_CURATOR, Q_GATEWAY)
 
 # task names: the contract between services
 T_REGISTER_INSTANCES = "pacs.db.register_instances"
-T_MARK_STABLE = "pacs.db.mark_stable_studies"
 T_ARCHIVE_ACCEPT = "pacs.archive.accept_objects"
 
 ROUTES = {"pacs.db.*": {"queue": Q_DB}, "pacs.archive.*": {"queue": Q_ARCHIVE},

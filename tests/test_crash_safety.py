@@ -9,7 +9,6 @@ Success (association cut, failure status) is sent again."""
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import signal
 import threading
@@ -20,14 +19,12 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 
 from services.dicom import file_meta_end
 from tests.cluster import Cluster
+from tests.dicomdata import ct_dataset, write_part10
 
 N_INSTANCES = 500
 N_SENDERS = 4
@@ -47,40 +44,11 @@ def make_instances(folder: Path, n: int) -> dict[str, tuple[Path, bytes]]:
     out: dict[str, tuple[Path, bytes]] = {}
     for i in range(n):
         study_uid, series_uid = studies[i % len(studies)]
-        ds = Dataset()
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = generate_uid()
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.PatientID = f"CRASH-{i % len(studies)}"
-        ds.PatientName = f"Crash^Test{i % len(studies)}"
-        ds.Modality = "CT"
-        ds.SeriesNumber = 1
-        ds.InstanceNumber = i // len(studies) + 1
-        ds.Rows = ds.Columns = 64
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = 16
-        ds.BitsStored = 12
-        ds.HighBit = 11
-        ds.PixelRepresentation = 0
-        ds.PixelData = rng.integers(0, 4096, 64 * 64, dtype=np.uint16).tobytes()
-        fp = DicomBytesIO()
-        fp.is_little_endian = True
-        fp.is_implicit_VR = False
-        write_dataset(fp, ds)
-        body = fp.getvalue()
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = "1.2.826.0.1.3680043.10.1"
-        buf = io.BytesIO()
-        buf.write(b"\x00" * 128 + b"DICM")
-        write_file_meta_info(buf, meta, enforce_standard=True)
+        ds = ct_dataset(f"CRASH-{i % len(studies)}", f"Crash^Test{i % len(studies)}", seed=rng,
+                        StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid,
+                        SeriesNumber=1, InstanceNumber=i // len(studies) + 1)
         path = folder / f"{i:04d}.dcm"
-        path.write_bytes(buf.getvalue() + body)
-        out[str(ds.SOPInstanceUID)] = (path, body)
+        out[str(ds.SOPInstanceUID)] = (path, write_part10(path, ds))
     return out
 
 

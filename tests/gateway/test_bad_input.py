@@ -6,7 +6,6 @@ the archive or the index (DESIGN.md, invariants)."""
 from __future__ import annotations
 
 import errno
-import io
 import random
 import socket
 import sqlite3
@@ -16,18 +15,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psycopg
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 
+from services.dicom import IMPLEMENTATION_CLASS_UID
 from tests.cluster import Cluster
+from tests.dicomdata import ct_dataset, encode, write_part10
 
 SUCCESS = 0x0000
 ERROR_CANNOT_UNDERSTAND = 0xC000
@@ -35,60 +34,6 @@ SETTLE_TIMEOUT = 60.0
 DROP_TIMEOUT = 5.0
 
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
-
-
-# --- synthetic data ---------------------------------------------------------------------
-def ct_dataset(**attrs: Any) -> Dataset:
-    """A small 64x64 CT image with fresh UIDs; ``attrs`` override (None deletes)."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID = "BAD-INPUT-1"
-    ds.PatientName = "Bad^Input"
-    ds.Modality = "CT"
-    ds.InstanceNumber = 1
-    ds.Rows = ds.Columns = 64
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.PixelData = np.random.default_rng().integers(0, 4096, 64 * 64, dtype=np.uint16).tobytes()
-    for keyword, value in attrs.items():
-        if value is None:
-            delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
-    return ds
-
-
-def encode(ds: Dataset) -> bytes:
-    fp = DicomBytesIO()
-    fp.is_little_endian = True
-    fp.is_implicit_VR = False
-    write_dataset(fp, ds)
-    return fp.getvalue()
-
-
-def part10(path: Path, sop_instance_uid: str, dataset: bytes, sop_class_uid: str = CTImageStorage) -> Path:
-    """A Part 10 file whose File Meta names ``sop_instance_uid`` and whose body
-    is ``dataset`` exactly (possibly malformed): pynetdicom sends such a file
-    as is, and takes the C-STORE request UIDs from its File Meta."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = "1.2.826.0.1.3680043.10.1"
-    buf = io.BytesIO()
-    buf.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buf, meta, enforce_standard=True)
-    path.write_bytes(buf.getvalue() + dataset)
-    return path
 
 
 # --- a real DICOM peer ------------------------------------------------------------------------
@@ -201,8 +146,8 @@ def assert_failure_with_comment(result: tuple[int | None, str], expected: int = 
 # --- malformed datasets through pynetdicom ----------------------------------------------------
 def test_dataset_without_sop_instance_uid(gw: Cluster, tmp_path: Path, send_raw_files: None) -> None:
     before = snapshot(gw)
-    ds = ct_dataset(SOPInstanceUID=None)
-    path = part10(tmp_path / "no-sop-uid.dcm", generate_uid(), encode(ds))
+    path = tmp_path / "no-sop-uid.dcm"
+    write_part10(path, ct_dataset(SOPInstanceUID=None), sop_instance_uid=generate_uid())
     with Peer(gw.dicom_port) as peer:
         assert_failure_with_comment(peer.store(path))
         assert peer.store(ct_dataset()) == (SUCCESS, ""), "the association must survive a refused C-STORE"
@@ -224,7 +169,8 @@ def test_uid_with_path_characters_as_affected_sop_instance(gw: Cluster, bad_uid:
 def test_uid_with_path_characters_in_dataset_only(gw: Cluster, tmp_path: Path, send_raw_files: None,
                                                   bad_uid: str) -> None:
     before = snapshot(gw)
-    path = part10(tmp_path / "bad-uid.dcm", generate_uid(), encode(ct_dataset(SOPInstanceUID=bad_uid)))
+    path = tmp_path / "bad-uid.dcm"
+    write_part10(path, ct_dataset(SOPInstanceUID=bad_uid), sop_instance_uid=generate_uid())
     with Peer(gw.dicom_port) as peer:
         assert_failure_with_comment(peer.store(path))
     assert not Path("/tmp/pacs-escape").exists()
@@ -247,7 +193,8 @@ def _cut(where: str) -> tuple[Dataset, bytes]:
 def test_truncated_dataset(gw: Cluster, tmp_path: Path, send_raw_files: None, where: str) -> None:
     before = snapshot(gw)
     ds, data = _cut(where)
-    path = part10(tmp_path / "truncated.dcm", ds.SOPInstanceUID, data)
+    path = tmp_path / "truncated.dcm"
+    write_part10(path, ds, data)
     with Peer(gw.dicom_port) as peer:
         assert_failure_with_comment(peer.store(path))
     assert_unharmed(gw, before)
@@ -264,7 +211,7 @@ def associate_rq(calling: str = "RAWSCU", called: str = "PACS") -> bytes:
         _item(0x20, bytes([pc_id, 0, 0, 0]) + _item(0x30, abstract.encode())
               + _item(0x40, ImplicitVRLittleEndian.encode()))
         for pc_id, abstract in ((1, Verification), (3, CTImageStorage)))
-    user_info = _item(0x50, _item(0x51, struct.pack(">I", 16384)) + _item(0x52, b"1.2.826.0.1.3680043.10.1"))
+    user_info = _item(0x50, _item(0x51, struct.pack(">I", 16384)) + _item(0x52, IMPLEMENTATION_CLASS_UID.encode()))
     body = (struct.pack(">HH", 1, 0) + called.encode().ljust(16) + calling.encode().ljust(16) + b"\x00" * 32
             + _item(0x10, b"1.2.840.10008.3.1.1.1") + contexts + user_info)
     return struct.pack(">BBI", 0x01, 0, len(body)) + body
@@ -366,13 +313,15 @@ def test_bad_input_on_postgres(pg_cluster: Cluster, tmp_path: Path, send_raw_fil
     c = pg_cluster
     before = snapshot(c)
     ds, truncated = _cut("mid-pixel-data")
+    no_sop_uid, bad_uid, cut = tmp_path / "no-sop-uid.dcm", tmp_path / "bad-uid.dcm", tmp_path / "truncated.dcm"
+    write_part10(no_sop_uid, ct_dataset(SOPInstanceUID=None), sop_instance_uid=generate_uid())
+    write_part10(bad_uid, ct_dataset(SOPInstanceUID="1.2/../3"), sop_instance_uid=generate_uid())
+    write_part10(cut, ds, truncated)
     with Peer(c.dicom_port) as peer:
-        assert_failure_with_comment(peer.store(
-            part10(tmp_path / "no-sop-uid.dcm", generate_uid(), encode(ct_dataset(SOPInstanceUID=None)))))
+        assert_failure_with_comment(peer.store(no_sop_uid))
         assert_failure_with_comment(peer.store(ct_dataset(SOPInstanceUID="1.2/../3")))
-        assert_failure_with_comment(peer.store(
-            part10(tmp_path / "bad-uid.dcm", generate_uid(), encode(ct_dataset(SOPInstanceUID="1.2/../3")))))
-        assert_failure_with_comment(peer.store(part10(tmp_path / "truncated.dcm", ds.SOPInstanceUID, truncated)))
+        assert_failure_with_comment(peer.store(bad_uid))
+        assert_failure_with_comment(peer.store(cut))
         assert peer.store(ct_dataset()) == (SUCCESS, ""), "the association must survive refused C-STOREs"
     with socket.create_connection(("127.0.0.1", c.dicom_port), timeout=10) as sock:
         assert send_garbage(sock, bytes(random.Random(20240611).getrandbits(8) for _ in range(4096))) in (

@@ -6,67 +6,22 @@ archive copy (store and remember; DESIGN.md, invariants)."""
 from __future__ import annotations
 
 import hashlib
-import io
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, _config
 
 from services.dicom import file_meta_end
 from tests.cluster import Cluster, dataset_bytes
+from tests.dicomdata import ct_dataset, write_part10
 
 SUCCESS = 0x0000
 DUPLICATE_SOP_INSTANCE = 0x0111
 SETTLE_TIMEOUT = 15.0
-
-
-def ct_dataset(uids: dict[str, str], comment: str, seed: int) -> Dataset:
-    ds = Dataset()
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = uids["sop"]
-    ds.StudyInstanceUID = uids["study"]
-    ds.SeriesInstanceUID = uids["series"]
-    ds.PatientID = "DUP-1"
-    ds.PatientName = "Duplicate^Test"
-    ds.Modality = "CT"
-    ds.InstanceNumber = 1
-    ds.ImageComments = comment
-    ds.Rows = ds.Columns = 64
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.PixelData = np.random.default_rng(seed).integers(0, 4096, 64 * 64, dtype=np.uint16).tobytes()
-    return ds
-
-
-def part10(path: Path, ds: Dataset) -> bytes:
-    """Write ``ds`` as a Part 10 file; return its encoded dataset (what is sent)."""
-    fp = DicomBytesIO()
-    fp.is_little_endian = True
-    fp.is_implicit_VR = False
-    write_dataset(fp, ds)
-    body = fp.getvalue()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = "1.2.826.0.1.3680043.10.1"
-    buf = io.BytesIO()
-    buf.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buf, meta, enforce_standard=True)
-    path.write_bytes(buf.getvalue() + body)
-    return body
 
 
 def store(port: int, path: Path) -> tuple[int | None, str]:
@@ -140,9 +95,13 @@ def test_different_object_same_sop_instance_uid(make_cluster: Any, tmp_path: Pat
     c: Cluster = make_cluster("embedded", PACS_DUPLICATE_POLICY=policy)
     c.start()
     uids = {"sop": generate_uid(), "study": generate_uid(), "series": generate_uid()}
+    same_uids = {"SOPInstanceUID": uids["sop"], "StudyInstanceUID": uids["study"],
+                 "SeriesInstanceUID": uids["series"]}
+    first = ct_dataset("DUP-1", "Duplicate^Test", seed=1, ImageComments="first object", **same_uids)
+    second = ct_dataset("DUP-1", "Duplicate^Test", seed=2, ImageComments="second object", **same_uids)
     sent = {
-        "first": part10(tmp_path / "first.dcm", ct_dataset(uids, "first object", seed=1)),
-        "second": part10(tmp_path / "second.dcm", ct_dataset(uids, "second object", seed=2)),
+        "first": write_part10(tmp_path / "first.dcm", first),
+        "second": write_part10(tmp_path / "second.dcm", second),
     }
     loser = "second" if winner == "first" else "first"
 

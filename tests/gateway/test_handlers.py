@@ -9,13 +9,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from dbserver.queries import add_node
 from dbserver.registration import register_instances
@@ -25,6 +23,7 @@ from gateway.ingest import Ingestor
 from services.db import dispose_engines
 from services.dicom import file_meta_end
 from services.settings import Settings, load_settings
+from tests.dicomdata import ct_dataset, encode
 
 CALLING = "MODALITY1"
 
@@ -70,42 +69,7 @@ class FakeStoreEvent:
         return self.dataset
 
 
-# --- synthetic data ------------------------------------------------------------------
-def ct_dataset(**attrs: object) -> Dataset:
-    """A small 64x64 CT image with fresh UIDs."""
-    ds = Dataset()
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.PatientID = "HANDLER-1"
-    ds.PatientName = "Handler^Test"
-    ds.Modality = "CT"
-    ds.InstanceNumber = 1
-    ds.Rows = ds.Columns = 64
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
-    ds.PixelData = np.arange(64 * 64, dtype=np.uint16).tobytes()
-    for keyword, value in attrs.items():
-        if value is None:
-            delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
-    return ds
-
-
-def encode(ds: Dataset, transfer_syntax: str = ExplicitVRLittleEndian) -> bytes:
-    fp = DicomBytesIO()
-    fp.is_little_endian = True
-    fp.is_implicit_VR = transfer_syntax == ImplicitVRLittleEndian
-    write_dataset(fp, ds)
-    return fp.getvalue()
-
-
+# --- C-STORE events ---------------------------------------------------------------------
 def store_event(ds: Dataset, data: bytes | None = None, *, sop_instance_uid: str | None = None,
                 transfer_syntax: str = ExplicitVRLittleEndian, calling: str = CALLING) -> FakeStoreEvent:
     return FakeStoreEvent(
