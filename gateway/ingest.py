@@ -103,9 +103,10 @@ class Ingestor:
 
         ``dataset`` is the encoded dataset as received, ``file_meta`` the
         preamble and File Meta group (see :func:`network_file_meta`).
-        Raises :class:`InvalidDicomError` or :class:`DuplicateRejectedError`;
-        nothing is kept of a refused object. ``check_existing`` looks up the
-        index to tell an identical re-send apart (``pacs import`` reports it).
+        Raises :class:`InvalidDicomError` (nothing of the object is kept) or
+        :class:`DuplicateRejectedError` (the object is kept aside, recorded as
+        superseded). ``check_existing`` looks up the index to tell an
+        identical re-send apart (``pacs import`` reports it).
         """
         header = read_header_parts(file_meta, dataset)
         if not header.transfer_syntax_uid:
@@ -114,18 +115,18 @@ class Ingestor:
         # Under keep-first and overwrite, a re-sent object is settled by the
         # registration (content-addressed: an identical one is a no-op), so
         # the hot path asks the database nothing. Only "reject" must know now.
+        known = None
         if check_existing or self.settings.duplicate_policy == "reject":
             known = self._current_sha(header.sop_instance_uid)
             if known == spooled.sha256:
                 self._drop_if_unreferenced(spooled)
                 return Result(Outcome.ALREADY_STORED, header, spooled.sha256)
-            if known is not None and self.settings.duplicate_policy == "reject":
-                # refused, but kept aside all the same: the registration records
-                # it as a superseded object (duplicate-rejected)
-                self._queue(_Pending(spooled, self._meta(header, spooled, origin), self.folder))
-                raise DuplicateRejectedError(
-                    f"SOP Instance {header.sop_instance_uid} is already stored with different content")
+        # delivered in every case left: a refused duplicate too, which the
+        # registration records as superseded (duplicate-rejected)
         self._queue(_Pending(spooled, self._meta(header, spooled, origin), self.folder))
+        if known is not None and self.settings.duplicate_policy == "reject":
+            raise DuplicateRejectedError(
+                f"SOP Instance {header.sop_instance_uid} is already stored with different content")
         return Result(Outcome.STORED, header, spooled.sha256)
 
     def ingest_file(self, path: Path, origin: Origin) -> Result:
