@@ -12,19 +12,34 @@ pynetdicom remains our SCU and the peer the tests use.
 
 from __future__ import annotations
 
+import io
 import logging
+import select
 import socket
 import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from gateway import pdu as P
-from gateway.dimse import C_ECHO_RQ, C_STORE_RQ, Command, decode_command, encode_response
+from gateway.dimse import (
+    C_CANCEL_RQ,
+    C_ECHO_RQ,
+    C_FIND_RQ,
+    C_STORE_RQ,
+    Command,
+    decode_command,
+    encode_response,
+)
 
 LOG = logging.getLogger(__name__)
 
@@ -66,6 +81,11 @@ class Event:
     context: Context
     request: Command
     _dataset: list[memoryview] = field(default_factory=list)
+
+    @property
+    def identifier(self) -> Dataset:
+        """The request's dataset decoded (a C-FIND identifier: small)."""
+        return decode_dataset(self.encoded_dataset(), self.context.transfer_syntax)
 
     def encoded_dataset(self, include_meta: bool = False) -> bytes | memoryview:
         """The dataset as received; one that came in a single PDV is handed
@@ -243,6 +263,11 @@ class Association:
                         pending, dataset = None, []
 
     def _dispatch(self, request: Command, cx_id: int, dataset: list[memoryview]) -> None:
+        if request.CommandField == C_CANCEL_RQ:
+            return  # nothing of ours is running: a C-CANCEL that came late is ignored (PS3.7 §9.3.2.3)
+        if request.CommandField == C_FIND_RQ and request.CommandField in self.config.handlers:
+            self._dispatch_find(request, cx_id, dataset)
+            return
         handler = self.config.handlers.get(request.CommandField)
         comment = ""
         if handler is None:
@@ -263,6 +288,88 @@ class Association:
         response = encode_response(request, status, comment)
         for chunk in P.encode_p_data(cx_id, response, True, self.peer_max_pdu):
             self._send(chunk)
+
+
+    def _dispatch_find(self, request: Command, cx_id: int, dataset: list[memoryview]) -> None:
+        """C-FIND (PS3.4 C.4.1): the handler yields (status, identifier); each
+        pending one is sent with its identifier, then the final status. A
+        C-CANCEL-RQ between responses ends the search with status Cancel."""
+        assert self.info is not None
+        context = self.contexts[cx_id]
+        status, comment = FIND_FAILED, ""
+        try:
+            for status, identifier in self.config.handlers[C_FIND_RQ](
+                    Event(self.info, context, request, dataset)):
+                if status not in PENDING:
+                    break
+                if self._cancelled(request.MessageID):
+                    status = CANCEL
+                    break
+                self._send_response(request, cx_id, status, "", encode_dataset(identifier, context.transfer_syntax))
+            else:
+                status = SUCCESS
+        except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the association
+            LOG.exception("C-FIND handler failed")
+            status, comment = FIND_FAILED, str(exc)[:64]
+        if isinstance(status, Dataset):
+            comment = str(status.get("ErrorComment", "") or "")
+            status = int(status.Status)
+        self._send_response(request, cx_id, int(status), comment)
+
+    def _send_response(self, request: Command, cx_id: int, status: int, comment: str = "",
+                       identifier: bytes | None = None) -> None:
+        response = encode_response(request, status, comment, has_dataset=identifier is not None)
+        for chunk in P.encode_p_data(cx_id, response, True, self.peer_max_pdu):
+            self._send(chunk)
+        if identifier is not None:
+            for chunk in P.encode_p_data(cx_id, identifier, False, self.peer_max_pdu):
+                self._send(chunk)
+
+    def _cancelled(self, message_id: int) -> bool:
+        """Whether the peer sent C-CANCEL-RQ for ``message_id`` meanwhile."""
+        if not select.select([self.sock], [], [], 0)[0]:
+            return False
+        pdu_type, body = self._read_pdu()
+        if pdu_type == P.A_ABORT:
+            raise _Closed()
+        if pdu_type != P.P_DATA_TF:
+            raise P.ProtocolError(f"unexpected PDU type 0x{pdu_type:02X} during a C-FIND",
+                                  P.ABORT_REASON_UNEXPECTED_PDU)
+        for _cx, control, fragment in P.iter_pdvs(body):
+            if control & 0x01 and control & 0x02:
+                command = decode_command(bytes(fragment))
+                if command.CommandField == C_CANCEL_RQ and command.MessageIDBeingRespondedTo == message_id:
+                    return True
+            raise P.ProtocolError("only C-CANCEL may arrive while a C-FIND is answered")
+        return False
+
+
+SUCCESS = 0x0000
+CANCEL = 0xFE00
+FIND_FAILED = 0xC000  # PS3.4 C.4.1.1.4: unable to process
+PENDING = (0xFF00, 0xFF01)
+
+
+def decode_dataset(data: bytes | memoryview, transfer_syntax: str) -> Dataset:
+    """A small dataset (an identifier) in the context's transfer syntax."""
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        data = zlib.decompress(bytes(data), -zlib.MAX_WBITS)
+    ts = UID(transfer_syntax)
+    implicit = ts == ImplicitVRLittleEndian
+    little = ts != ExplicitVRBigEndian
+    return read_dataset(io.BytesIO(bytes(data)), implicit, little)
+
+
+def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
+    fp = DicomBytesIO()
+    fp.is_implicit_VR = transfer_syntax == ImplicitVRLittleEndian
+    fp.is_little_endian = transfer_syntax != ExplicitVRBigEndian
+    write_dataset(fp, ds)
+    data = fp.getvalue()
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+        data = compressor.compress(data) + compressor.flush()
+    return data
 
 
 def _failure(status: int, comment: str) -> Dataset:
@@ -319,4 +426,4 @@ class Acceptor:
         self._stop.set()
 
 
-__all__ = ["Acceptor", "AcceptorConfig", "Association", "C_ECHO_RQ", "C_STORE_RQ", "Event"]
+__all__ = ["Acceptor", "AcceptorConfig", "Association", "C_ECHO_RQ", "C_FIND_RQ", "C_STORE_RQ", "Event"]

@@ -13,7 +13,11 @@ C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 C_ECHO_RQ = 0x0030
 C_ECHO_RSP = 0x8030
+C_FIND_RQ = 0x0020
+C_FIND_RSP = 0x8020
+C_CANCEL_RQ = 0x0FFF
 NO_DATASET = 0x0101
+DATASET_PRESENT = 0x0102
 
 _TAG_SOP_CLASS = 0x00000002
 _TAG_COMMAND_FIELD = 0x00000100
@@ -39,6 +43,7 @@ class Command:
     CommandDataSetType: int = NO_DATASET
     MoveOriginatorApplicationEntityTitle: str = ""
     MoveOriginatorMessageID: int | None = None
+    MessageIDBeingRespondedTo: int | None = None
 
     @property
     def has_dataset(self) -> bool:
@@ -64,6 +69,9 @@ def decode_command(data: bytes) -> Command:
         pos += 8 + length
     try:
         (field,) = struct.unpack("<H", values[_TAG_COMMAND_FIELD])
+        if field == C_CANCEL_RQ:  # PS3.7 §9.3.2.3: names the request it cancels, has no Message ID
+            (responded,) = struct.unpack("<H", values[_TAG_RESPONDED_TO])
+            return Command(field, 0, MessageIDBeingRespondedTo=responded)
         (message_id,) = struct.unpack("<H", values[_TAG_MESSAGE_ID])
         (dataset_type,) = struct.unpack("<H", values.get(_TAG_DATASET_TYPE, b"\x01\x01"))
     except (KeyError, struct.error) as exc:
@@ -89,14 +97,16 @@ def _us(value: int) -> bytes:
     return struct.pack("<H", value)
 
 
-def encode_response(request: Command, status: int, error_comment: str = "") -> bytes:
+def encode_response(request: Command, status: int, error_comment: str = "",
+                    has_dataset: bool = False) -> bytes:
     """The response command set to ``request`` (C-STORE-RSP PS3.7 §9.3.1.2,
-    C-ECHO-RSP §9.3.5.2), elements in tag order, with its group length."""
+    C-FIND-RSP §9.3.2.2, C-ECHO-RSP §9.3.5.2), elements in tag order, with
+    its group length."""
     field = request.CommandField | 0x8000
     parts = [_element(_TAG_SOP_CLASS, _ui(request.AffectedSOPClassUID)),
              _element(_TAG_COMMAND_FIELD, _us(field)),
              _element(_TAG_RESPONDED_TO, _us(request.MessageID)),
-             _element(_TAG_DATASET_TYPE, _us(NO_DATASET)),
+             _element(_TAG_DATASET_TYPE, _us(DATASET_PRESENT if has_dataset else NO_DATASET)),
              _element(_TAG_STATUS, _us(status))]
     if error_comment:
         comment = error_comment.encode("ascii", "replace")[:64]

@@ -11,6 +11,7 @@ import socket
 import struct
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,10 +24,16 @@ from pynetdicom import AE
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.sop_class import CTImageStorage, MRImageStorage, PatientRootQueryRetrieveInformationModelFind, Verification
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    ModalityWorklistInformationFind,
+    MRImageStorage,
+    PatientRootQueryRetrieveInformationModelFind,
+    Verification,
+)
 
 from gateway import pdu as P
-from gateway.association import C_ECHO_RQ, C_STORE_RQ, Acceptor, AcceptorConfig
+from gateway.association import C_ECHO_RQ, C_FIND_RQ, C_STORE_RQ, Acceptor, AcceptorConfig
 from gateway.dimse import decode_command, encode_response
 from services.dicom import STORAGE_TRANSFER_SYNTAXES
 from tests.cluster import DCMTK
@@ -36,6 +43,21 @@ class Recorder:
     def __init__(self) -> None:
         self.stored: list[tuple[str, str, str, bytes]] = []
         self.status = 0x0000
+        self.queries: list[Dataset] = []
+        self.matches = 3
+        self.delay = 0.0
+
+    def find(self, event):  # noqa: ANN001, ANN201
+        """Answer a worklist query with ``self.matches`` pending results that
+        echo the requested patient name."""
+        query = event.identifier
+        self.queries.append(query)
+        for n in range(self.matches):
+            time.sleep(self.delay)
+            ds = Dataset()
+            ds.PatientName = query.PatientName
+            ds.AccessionNumber = f"ACC{n:04d}"
+            yield 0xFF00, ds
 
     def store(self, event) -> int | Dataset:  # noqa: ANN001
         self.stored.append((event.assoc.requestor.ae_title, event.request.AffectedSOPInstanceUID,
@@ -55,8 +77,9 @@ def scp() -> Iterator[tuple[int, Recorder, AcceptorConfig]]:
     config = AcceptorConfig(
         ae_title="PACS",
         supported={Verification: [ImplicitVRLittleEndian, ExplicitVRLittleEndian],
-                   CTImageStorage: STORAGE_TRANSFER_SYNTAXES, MRImageStorage: STORAGE_TRANSFER_SYNTAXES},
-        handlers={C_ECHO_RQ: lambda e: 0, C_STORE_RQ: rec.store},
+                   CTImageStorage: STORAGE_TRANSFER_SYNTAXES, MRImageStorage: STORAGE_TRANSFER_SYNTAXES,
+                   ModalityWorklistInformationFind: [ExplicitVRLittleEndian, ImplicitVRLittleEndian]},
+        handlers={C_ECHO_RQ: lambda e: 0, C_STORE_RQ: rec.store, C_FIND_RQ: rec.find},
         max_pdu=65536,
         network_timeout=5,
         accept_calling=lambda ae: ae != "BLOCKED",
@@ -115,6 +138,43 @@ def test_handler_failure_status_and_comment_reach_the_peer(scp) -> None:  # noqa
     assoc.release()
     assert rsp.Status == 0xC000
     assert rsp.ErrorComment == "refused for the test"
+
+
+@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_find_pending_results_then_success(scp, ts: str) -> None:  # noqa: ANN001
+    port, rec, _ = scp
+    ae = AE("WORKLIST")
+    ae.add_requested_context(ModalityWorklistInformationFind, ts)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
+    query = Dataset()
+    query.PatientName = "DOE^J*"
+    query.AccessionNumber = ""
+    answers = list(assoc.send_c_find(query, ModalityWorklistInformationFind))
+    assoc.release()
+    statuses = [status.Status for status, _ in answers]
+    assert statuses == [0xFF00, 0xFF00, 0xFF00, 0x0000]
+    assert [ds.AccessionNumber for _, ds in answers[:3]] == ["ACC0000", "ACC0001", "ACC0002"]
+    assert all(ds.PatientName == "DOE^J*" for _, ds in answers[:3])
+    assert rec.queries[0].PatientName == "DOE^J*"
+
+
+def test_find_cancelled_by_the_peer(scp) -> None:  # noqa: ANN001
+    port, rec, _ = scp
+    rec.matches, rec.delay = 200, 0.01
+    ae = AE("WORKLIST")
+    ae.add_requested_context(ModalityWorklistInformationFind, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="PACS")
+    query = Dataset()
+    query.PatientName = "*"
+    results = assoc.send_c_find(query, ModalityWorklistInformationFind, msg_id=7)
+    statuses = []
+    for status, _ in results:
+        statuses.append(status.Status)
+        if len(statuses) == 1:
+            assoc.send_c_cancel(7, assoc.accepted_contexts[0].context_id)
+    assoc.release()
+    assert statuses[-1] == 0xFE00
+    assert len(statuses) < 100
 
 
 def test_unsupported_context_is_rejected_and_others_accepted(scp) -> None:  # noqa: ANN001
