@@ -239,3 +239,38 @@ class ServiceHeartbeat(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
     started_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
     seen_at: Mapped[datetime] = mapped_column(TS, default=utcnow, index=True)
+
+
+class Order(Base):
+    """An imaging order from the RIS: one requested procedure with its
+    scheduled procedure step (PS3.4 Annex K, Modality Worklist). Accession
+    numbers are unique within their issuer (the RIS domain)."""
+
+    __tablename__ = "orders"
+    __table_args__ = (
+        UniqueConstraint("accession_number", "issuer_of_accession_number"),
+        Index("ix_orders_scheduled", "status", "scheduled_start"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    accession_number: Mapped[str] = mapped_column(String(16))
+    issuer_of_accession_number: Mapped[str] = mapped_column(String(64), default="")
+    patient_fk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID)  # given to the modality by the worklist
+    placer_order_number: Mapped[str] = mapped_column(String(64), default="")
+    filler_order_number: Mapped[str] = mapped_column(String(64), default="")
+    requested_procedure_id: Mapped[str] = mapped_column(String(16), default="")
+    requested_procedure_description: Mapped[str] = mapped_column(String(64), default="")
+    scheduled_procedure_step_id: Mapped[str] = mapped_column(String(16), default="")
+    scheduled_procedure_step_description: Mapped[str] = mapped_column(String(64), default="")
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    scheduled_station_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    scheduled_station_name: Mapped[str] = mapped_column(String(16), default="")
+    scheduled_start: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+    scheduled_performing_physician_name: Mapped[str] = mapped_column(String(324), default="")
+    referring_physician_name: Mapped[str] = mapped_column(String(324), default="")
+    status: Mapped[str] = mapped_column(String(16), default="scheduled")  # scheduled | cancelled | completed
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+    patient: Mapped[Patient] = relationship()

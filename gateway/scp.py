@@ -7,6 +7,7 @@ unit test; :mod:`gateway.association` runs them for each association:
 * :func:`handle_echo` — Verification, PS3.4 Annex A.
 * :func:`handle_store` — Storage, PS3.4 Annex B (B.2.3 statuses). The
   dataset is written as it arrived, never decoded and re-encoded.
+* :func:`handle_worklist_find` — Modality Worklist, PS3.4 Annex K.
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
 from sqlalchemy import select
 
 from dbserver.models import DicomNode
-from gateway.association import C_ECHO_RQ, C_STORE_RQ, Acceptor, AcceptorConfig
+from dbserver.worklist import worklist_matches
+from gateway.association import C_ECHO_RQ, C_FIND_RQ, C_STORE_RQ, Acceptor, AcceptorConfig
 from gateway.ingest import Ingestor, Origin, network_file_meta
 from services.db import get_engine
 from services.dicom import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, STORAGE_TRANSFER_SYNTAXES
@@ -42,6 +44,9 @@ ERROR_CANNOT_UNDERSTAND = 0xC000
 ERROR_DATASET_MISMATCH = 0xA900
 DUPLICATE_SOP_INSTANCE = 0x0111
 PROCESSING_FAILURE = 0x0110
+PENDING = 0xFF00
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 
 STATUS_FOR_ERROR: dict[type[Exception], int] = {
     InvalidDicomError: ERROR_CANNOT_UNDERSTAND,
@@ -83,6 +88,22 @@ def handle_store(event: Any, ingestor: Ingestor, known_aes: KnownAEs) -> Dataset
     return SUCCESS
 
 
+def handle_worklist_find(event: Any, settings: Settings, known_aes: KnownAEs):  # noqa: ANN201
+    """C-FIND, Modality Worklist Information Model (PS3.4 K.4.1): one
+    pending response per scheduled order that matches, then Success."""
+    known_aes.check(event.assoc.requestor.ae_title.strip())
+    if event.context.abstract_syntax != ModalityWorklistInformationFind:
+        yield _status(SOP_CLASS_NOT_SUPPORTED, "only the Modality Worklist model is served")
+        return
+    try:
+        query = event.identifier
+    except Exception as exc:  # noqa: BLE001 - a malformed identifier
+        yield _status(IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"unreadable identifier: {exc}")
+        return
+    for item in worklist_matches(settings, query):
+        yield PENDING, item
+
+
 class KnownAEs:
     """The calling AE titles allowed when ``PACS_DICOM_REQUIRE_KNOWN_AE`` is on,
     re-read from the DICOM nodes table every few seconds."""
@@ -116,7 +137,8 @@ class KnownAEs:
 def supported_contexts() -> dict[str, list[str]]:
     """Abstract syntax -> the transfer syntaxes we accept, in our order of
     preference (the first one the requestor proposes that we know wins)."""
-    supported = {Verification: [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian]}
+    supported = {Verification: [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian],
+                 ModalityWorklistInformationFind: [ExplicitVRLittleEndian, ImplicitVRLittleEndian]}
     for cx in AllStoragePresentationContexts:
         supported[cx.abstract_syntax] = STORAGE_TRANSFER_SYNTAXES
     return supported
@@ -127,6 +149,7 @@ def handlers(ingestor: Ingestor, known_aes: KnownAEs) -> dict[int, Callable[[Any
     return {
         C_ECHO_RQ: handle_echo,
         C_STORE_RQ: lambda event: handle_store(event, ingestor, known_aes),
+        C_FIND_RQ: lambda event: handle_worklist_find(event, ingestor.settings, known_aes),
     }
 
 

@@ -1,0 +1,238 @@
+"""Orders and the Modality Worklist they make (PS3.4 Annex K).
+
+:func:`save_order` is the one way an order enters or changes (the HL7 feed,
+the CLI, tests); :func:`worklist_matches` answers a Modality Worklist C-FIND
+identifier with the scheduled orders it matches (PS3.4 K.6.1.2: matching
+keys, return keys, wildcard and range matching, universal matching on
+empty values).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dbserver.models import Order, Patient, utcnow
+from services.db import run_in_transaction, unit_of_work
+from services.settings import Settings
+
+SCHEDULED = "scheduled"
+CANCELLED = "cancelled"
+COMPLETED = "completed"
+
+
+@dataclass
+class OrderFields:
+    accession_number: str
+    patient_id: str
+    issuer_of_patient_id: str = ""
+    patient_name: str = ""
+    patient_birth_date: str = ""
+    patient_sex: str = ""
+    issuer_of_accession_number: str = ""
+    study_instance_uid: str = ""
+    placer_order_number: str = ""
+    filler_order_number: str = ""
+    requested_procedure_id: str = ""
+    requested_procedure_description: str = ""
+    scheduled_procedure_step_id: str = ""
+    scheduled_procedure_step_description: str = ""
+    modality: str = ""
+    scheduled_station_ae_title: str = ""
+    scheduled_station_name: str = ""
+    scheduled_start: datetime | None = None
+    scheduled_performing_physician_name: str = ""
+    referring_physician_name: str = ""
+    status: str = SCHEDULED
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_ORDER_COLUMNS = (
+    "placer_order_number", "filler_order_number", "requested_procedure_id", "requested_procedure_description",
+    "scheduled_procedure_step_id", "scheduled_procedure_step_description", "modality",
+    "scheduled_station_ae_title", "scheduled_station_name", "scheduled_start",
+    "scheduled_performing_physician_name", "referring_physician_name", "status",
+)
+
+
+def save_order(session: Session, fields: OrderFields) -> Order:
+    """Create or update the order with this accession number (and issuer);
+    its patient is created or updated from the order's demographics."""
+    if not fields.accession_number.strip():
+        raise ValueError("an order needs an accession number")
+    if not fields.patient_id.strip():
+        raise ValueError("an order needs a patient ID")
+    patient = session.scalar(select(Patient).where(
+        Patient.patient_id == fields.patient_id, Patient.issuer_of_patient_id == fields.issuer_of_patient_id))
+    now = utcnow()
+    if patient is None:
+        patient = Patient(patient_id=fields.patient_id, issuer_of_patient_id=fields.issuer_of_patient_id,
+                          created_at=now)
+        session.add(patient)
+    for attr in ("patient_name", "patient_birth_date", "patient_sex"):
+        value = getattr(fields, attr)
+        if value:
+            setattr(patient, attr, value)
+    patient.updated_at = now
+    session.flush()
+    order = session.scalar(select(Order).where(
+        Order.accession_number == fields.accession_number,
+        Order.issuer_of_accession_number == fields.issuer_of_accession_number))
+    if order is None:
+        order = Order(accession_number=fields.accession_number,
+                      issuer_of_accession_number=fields.issuer_of_accession_number,
+                      study_instance_uid=fields.study_instance_uid or generate_uid(prefix="2.25."),
+                      created_at=now)
+        session.add(order)
+    order.patient_fk = patient.id
+    for attr in _ORDER_COLUMNS:
+        setattr(order, attr, getattr(fields, attr))
+    order.updated_at = now
+    session.flush()
+    return order
+
+
+def create_order(settings: Settings, fields: OrderFields) -> str:
+    """:func:`save_order` in its own transaction; returns the study UID."""
+    return run_in_transaction(lambda s: save_order(s, fields).study_instance_uid, settings)
+
+
+# --- matching -------------------------------------------------------------------
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    return "" if value is None else str(value).strip()
+
+
+def _wildcard(pattern: str, value: str, ignore_case: bool = False) -> bool:
+    """PS3.4 C.2.2.2.4: '*' any run, '?' one character; '' matches all."""
+    if pattern in ("", "*"):
+        return True
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value, re.IGNORECASE if ignore_case else 0) is not None
+
+
+def _date_range(value: str) -> tuple[datetime | None, datetime | None] | None:
+    """A DA matching key as [low, high) datetimes, either end open: a single
+    date or a range (PS3.4 C.2.2.2.5)."""
+    value = value.replace(".", "")
+    if not value:
+        return None
+    low, sep, high = value.partition("-")
+    if not sep:
+        high = low
+
+    def day(text: str) -> datetime | None:
+        if not text:
+            return None
+        try:
+            return datetime.strptime(text[:8], "%Y%m%d").replace(tzinfo=timezone.utc)
+        except ValueError:
+            raise ValueError(f"not a date: {text!r}") from None
+
+    upper = day(high)
+    return day(low), (upper + timedelta(days=1)) if upper else None
+
+
+def _time_range(value: str) -> tuple[str, str] | None:
+    """A TM matching key as an inclusive (HHMMSS, HHMMSS) range: a single
+    value or a range, either end open (PS3.4 C.2.2.2.5); a partial time
+    covers its whole hour or minute."""
+    value = value.replace(":", "")
+    if not value:
+        return None
+    low, sep, high = value.partition("-")
+    if not sep:
+        high = low
+    low = low.split(".")[0]
+    high = high.split(".")[0]
+    return (low + "000000")[:6] if low else "000000", (high + "595959"[len(high):])[:6] if high else "235959"
+
+
+def worklist_matches(settings: Settings, query: Dataset) -> list[Dataset]:
+    """The worklist items (one per scheduled order) matching ``query``,
+    holding the keys the query asked for."""
+    sps_query = query.ScheduledProcedureStepSequence[0] if query.get("ScheduledProcedureStepSequence") else Dataset()
+    dates = _date_range(_text(sps_query, "ScheduledProcedureStepStartDate"))
+    times = _time_range(_text(sps_query, "ScheduledProcedureStepStartTime"))
+    with unit_of_work(settings) as session:
+        stmt = (select(Order, Patient).join(Patient, Order.patient_fk == Patient.id)
+                .where(Order.status == SCHEDULED).order_by(Order.scheduled_start, Order.id))
+        if dates is not None:
+            low, high = dates
+            if low is not None:
+                stmt = stmt.where(Order.scheduled_start >= low)
+            if high is not None:
+                stmt = stmt.where(Order.scheduled_start < high)
+        rows = session.execute(stmt).all()
+    out = []
+    for order, patient in rows:
+        start = order.scheduled_start
+        if times is not None and (start is None or not _time_ok(start.strftime("%H%M%S"), times)):
+            continue
+        if not (_wildcard(_text(query, "PatientName"), patient.patient_name, ignore_case=True)
+                and _wildcard(_text(query, "PatientID"), patient.patient_id)
+                and _wildcard(_text(query, "AccessionNumber"), order.accession_number)
+                and _wildcard(_text(sps_query, "ScheduledStationAETitle"), order.scheduled_station_ae_title)
+                and _wildcard(_text(sps_query, "Modality"), order.modality)
+                and _wildcard(_text(sps_query, "ScheduledPerformingPhysicianName"),
+                              order.scheduled_performing_physician_name, ignore_case=True)):
+            continue
+        out.append(_item(query, sps_query, order, patient))
+    return out
+
+
+def _time_ok(hhmmss: str, rng: tuple[str, str]) -> bool:
+    return rng[0] <= hhmmss <= rng[1]
+
+
+def _values(order: Order, patient: Patient) -> tuple[dict[str, str], dict[str, str]]:
+    start = order.scheduled_start
+    top = {
+        "PatientName": patient.patient_name, "PatientID": patient.patient_id,
+        "IssuerOfPatientID": patient.issuer_of_patient_id, "PatientBirthDate": patient.patient_birth_date,
+        "PatientSex": patient.patient_sex, "AccessionNumber": order.accession_number,
+        "StudyInstanceUID": order.study_instance_uid, "RequestedProcedureID": order.requested_procedure_id,
+        "RequestedProcedureDescription": order.requested_procedure_description,
+        "ReferringPhysicianName": order.referring_physician_name,
+    }
+    sps = {
+        "ScheduledStationAETitle": order.scheduled_station_ae_title,
+        "ScheduledStationName": order.scheduled_station_name,
+        "ScheduledProcedureStepStartDate": start.strftime("%Y%m%d") if start else "",
+        "ScheduledProcedureStepStartTime": start.strftime("%H%M%S") if start else "",
+        "Modality": order.modality,
+        "ScheduledPerformingPhysicianName": order.scheduled_performing_physician_name,
+        "ScheduledProcedureStepDescription": order.scheduled_procedure_step_description,
+        "ScheduledProcedureStepID": order.scheduled_procedure_step_id,
+    }
+    return top, sps
+
+
+def _fill(target: Dataset, query: Dataset, values: dict[str, str]) -> None:
+    """Every key the query asked for: our value, or zero length if we have
+    none (PS3.4 K.6.1.2.2)."""
+    for elem in query:
+        if elem.keyword in ("ScheduledProcedureStepSequence", "SpecificCharacterSet") or elem.VR == "SQ":
+            continue
+        target.add_new(elem.tag, elem.VR, values.get(elem.keyword, "") or None)
+
+
+def _item(query: Dataset, sps_query: Dataset, order: Order, patient: Patient) -> Dataset:
+    top, sps = _values(order, patient)
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    _fill(ds, query, top)
+    if "ScheduledProcedureStepSequence" in query:
+        item = Dataset()
+        _fill(item, sps_query, sps)
+        ds.ScheduledProcedureStepSequence = Sequence([item])
+    return ds
+

@@ -1,0 +1,143 @@
+"""The Modality Worklist SCP against dcmtk's findscu -W, on a cluster under
+``pacs up``: matching on patient name wildcards, scheduled date ranges,
+modality and station AE title; return keys; cancelled orders left out."""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from dbserver.worklist import CANCELLED, OrderFields, _time_range, _wildcard, create_order
+from services.settings import load_settings
+from tests.cluster import DCMTK, Cluster
+
+TODAY = datetime.now(timezone.utc).replace(hour=9, minute=30, second=0, microsecond=0)
+
+
+@pytest.fixture(scope="module")
+def worklist_cluster(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    c = Cluster(tmp_path_factory.mktemp("worklist"))
+    c.start()
+    settings = load_settings(data_dir=c.data_dir)
+    orders = [
+        ("ACC-1", "P1", "DOE^JOHN", "CT", "CT01", TODAY, "scheduled"),
+        ("ACC-2", "P2", "DOE^JANE", "MR", "MR01", TODAY + timedelta(days=1), "scheduled"),
+        ("ACC-3", "P3", "SMITH^ANN", "CT", "CT01", TODAY + timedelta(days=3), "scheduled"),
+        ("ACC-4", "P4", "DOE^JIM", "CT", "CT01", TODAY, CANCELLED),
+        ("ACC-5", "P5", "MÜLLER^JÜRGEN", "US", "US01", TODAY.replace(hour=14), "scheduled"),
+    ]
+    uids = {}
+    for acc, pid, name, modality, station, start, status in orders:
+        uids[acc] = create_order(settings, OrderFields(
+            accession_number=acc, patient_id=pid, patient_name=name, patient_birth_date="19700101",
+            patient_sex="O", modality=modality, scheduled_station_ae_title=station, scheduled_start=start,
+            requested_procedure_id=f"RP-{acc}", requested_procedure_description=f"{modality} exam",
+            scheduled_procedure_step_id=f"SPS-{acc}", status=status))
+    c.order_uids = uids  # type: ignore[attr-defined]
+    yield c
+    c.destroy()
+
+
+def findscu(c: Cluster, out: Path, *keys: str) -> list[pydicom.Dataset]:
+    out.mkdir(parents=True, exist_ok=True)
+    args = [str(DCMTK / "findscu"), "-W", "-aet", "MODALITY", "-aec", "PACS", "-X", "-od", str(out)]
+    for key in ("PatientName", "PatientID", "AccessionNumber", "StudyInstanceUID",
+                "ScheduledProcedureStepSequence[0].Modality",
+                "ScheduledProcedureStepSequence[0].ScheduledStationAETitle",
+                "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate",
+                "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime",
+                "ScheduledProcedureStepSequence[0].ScheduledProcedureStepID", "RequestedProcedureID",
+                "PatientWeight"):
+        if not any(k.startswith(key + "=") for k in keys):
+            args += ["-k", key]
+    for key in keys:
+        args += ["-k", key]
+    res = subprocess.run([*args, "127.0.0.1", str(c.dicom_port)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return [pydicom.dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+
+
+def accessions(items: list[pydicom.Dataset]) -> set[str]:
+    return {str(ds.AccessionNumber) for ds in items}
+
+
+def test_all_scheduled_orders_without_keys(worklist_cluster: Cluster, tmp_path: Path) -> None:
+    items = findscu(worklist_cluster, tmp_path)
+    assert accessions(items) == {"ACC-1", "ACC-2", "ACC-3", "ACC-5"}  # ACC-4 is cancelled
+
+
+def test_patient_name_wildcard(worklist_cluster: Cluster, tmp_path: Path) -> None:
+    assert accessions(findscu(worklist_cluster, tmp_path, "PatientName=DOE^J*")) == {"ACC-1", "ACC-2"}
+    assert accessions(findscu(worklist_cluster, tmp_path / "b", "PatientName=do?^JANE")) == {"ACC-2"}
+
+
+def test_date_range_and_modality(worklist_cluster: Cluster, tmp_path: Path) -> None:
+    today = TODAY.strftime("%Y%m%d")
+    tomorrow = (TODAY + timedelta(days=1)).strftime("%Y%m%d")
+    ranged = findscu(worklist_cluster, tmp_path,
+                     f"ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate={today}-{tomorrow}")
+    assert accessions(ranged) == {"ACC-1", "ACC-2", "ACC-5"}
+    ct_today = findscu(worklist_cluster, tmp_path / "ct",
+                       f"ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate={today}",
+                       "ScheduledProcedureStepSequence[0].Modality=CT")
+    assert accessions(ct_today) == {"ACC-1"}
+    open_range = findscu(worklist_cluster, tmp_path / "open",
+                         f"ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate={tomorrow}-")
+    assert accessions(open_range) == {"ACC-2", "ACC-3"}
+    morning = findscu(worklist_cluster, tmp_path / "am",
+                      f"ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate={today}",
+                      "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime=-1200")
+    assert accessions(morning) == {"ACC-1"}
+
+
+def test_station_ae_and_return_keys(worklist_cluster: Cluster, tmp_path: Path) -> None:
+    items = findscu(worklist_cluster, tmp_path, "ScheduledProcedureStepSequence[0].ScheduledStationAETitle=MR01")
+    assert accessions(items) == {"ACC-2"}
+    ds = items[0]
+    assert ds.StudyInstanceUID == worklist_cluster.order_uids["ACC-2"]  # type: ignore[attr-defined]
+    assert ds.PatientName == "DOE^JANE" and ds.PatientID == "P2" and ds.RequestedProcedureID == "RP-ACC-2"
+    sps = ds.ScheduledProcedureStepSequence[0]
+    assert sps.Modality == "MR" and sps.ScheduledStationAETitle == "MR01"
+    assert sps.ScheduledProcedureStepStartDate == (TODAY + timedelta(days=1)).strftime("%Y%m%d")
+    assert sps.ScheduledProcedureStepID == "SPS-ACC-2"
+    assert "PatientWeight" in ds and ds.PatientWeight in (None, "")  # asked for, not known: zero length
+
+
+def test_non_ascii_names_travel_as_utf8(worklist_cluster: Cluster, tmp_path: Path) -> None:
+    items = findscu(worklist_cluster, tmp_path, "AccessionNumber=ACC-5")
+    assert [str(ds.PatientName) for ds in items] == ["MÜLLER^JÜRGEN"]
+    assert items[0].SpecificCharacterSet == "ISO_IR 192"
+
+
+def test_matching_helpers() -> None:
+    assert _wildcard("DOE*", "DOE^JOHN") and not _wildcard("DOE", "DOE^JOHN")
+    assert _wildcard("d?e*", "DOE^X", ignore_case=True) and _wildcard("", "anything")
+    assert _time_range("0800-1200") == ("080000", "120059")
+    assert _time_range("-12") == ("000000", "125959")
+    assert _time_range("0930") == ("093000", "093059")
+
+
+def test_malformed_date_key_gets_a_failure_with_comment(worklist_cluster: Cluster) -> None:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pynetdicom import AE
+    from pynetdicom.sop_class import ModalityWorklistInformationFind
+
+    ae = AE("MODALITY")
+    ae.add_requested_context(ModalityWorklistInformationFind)
+    assoc = ae.associate("127.0.0.1", worklist_cluster.dicom_port, ae_title="PACS")
+    query = Dataset()
+    query.PatientName = ""
+    sps = Dataset()
+    sps.ScheduledProcedureStepStartDate = "2026XX01"
+    query.ScheduledProcedureStepSequence = Sequence([sps])
+    answers = list(assoc.send_c_find(query, ModalityWorklistInformationFind))
+    assoc.release()
+    status = answers[-1][0]
+    assert status.Status == 0xC000
+    assert "not a date" in status.ErrorComment
+    assert len(answers) == 1
