@@ -24,7 +24,9 @@ app = typer.Typer(help="PACS Cluster administration.", no_args_is_help=True, add
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 node_app = typer.Typer(help="Known DICOM nodes (modalities, workstations).", no_args_is_help=True)
 study_app = typer.Typer(help="Studies in the index.", no_args_is_help=True)
+ris_app = typer.Typer(help="What the HIS/RIS told us: patients and orders.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(ris_app, name="ris")
 app.add_typer(node_app, name="node")
 app.add_typer(study_app, name="study")
 
@@ -286,6 +288,48 @@ def study_show(uid: str, as_json: JsonOpt = False) -> None:
         for inst in series["instances"]:
             tiers = ",".join(f"{c['tier']}{'✓' if c['verified_at'] else '?'}" for c in inst["copies"]) or "—"
             out.print(f"    {inst['sop_instance_uid']}  {inst['sha256'][:16]}…  {tiers}")
+
+
+# --- HIS/RIS ----------------------------------------------------------------------------
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> Table:
+    table = Table()
+    for col in columns:
+        table.add_column(col.replace("_", " "))
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    return table
+
+
+@ris_app.command("patients")
+def ris_patients(as_json: JsonOpt = False) -> None:
+    """Patients, from orders and from received studies."""
+    from dbserver.worklist import list_patients
+
+    settings = _settings()
+    _ready(settings)
+    patients = list_patients(settings)
+    if as_json:
+        _print_json(patients)
+        return
+    out.print(_table(patients, ["patient_id", "issuer_of_patient_id", "patient_name", "patient_birth_date",
+                                "patient_sex"]))
+
+
+@ris_app.command("orders")
+def ris_orders(as_json: JsonOpt = False,
+               status: Annotated[Optional[str], typer.Option(help="scheduled, cancelled or completed")] = None,
+               ) -> None:
+    """Orders (the modality worklist is made of the scheduled ones)."""
+    from dbserver.worklist import list_orders
+
+    settings = _settings()
+    _ready(settings)
+    orders = list_orders(settings, status)
+    if as_json:
+        _print_json(orders)
+        return
+    out.print(_table(orders, ["accession_number", "patient_id", "patient_name", "modality",
+                              "scheduled_station_ae_title", "scheduled_start", "status"]))
 
 
 # --- export / import ------------------------------------------------------------------

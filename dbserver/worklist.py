@@ -236,3 +236,30 @@ def _item(query: Dataset, sps_query: Dataset, order: Order, patient: Patient) ->
         ds.ScheduledProcedureStepSequence = Sequence([item])
     return ds
 
+
+
+def list_orders(settings: Settings, status: str | None = None) -> list[dict[str, Any]]:
+    """Orders with their patients, soonest first."""
+    with unit_of_work(settings) as session:
+        stmt = select(Order, Patient).join(Patient, Order.patient_fk == Patient.id).order_by(
+            Order.scheduled_start, Order.id)
+        if status:
+            stmt = stmt.where(Order.status == status)
+        return [{
+            "accession_number": o.accession_number, "issuer_of_accession_number": o.issuer_of_accession_number,
+            "patient_id": p.patient_id, "issuer_of_patient_id": p.issuer_of_patient_id,
+            "patient_name": p.patient_name, "study_instance_uid": o.study_instance_uid,
+            "requested_procedure_id": o.requested_procedure_id,
+            "requested_procedure_description": o.requested_procedure_description,
+            "modality": o.modality, "scheduled_station_ae_title": o.scheduled_station_ae_title,
+            "scheduled_start": o.scheduled_start.isoformat() if o.scheduled_start else None,
+            "status": o.status,
+        } for o, p in session.execute(stmt)]
+
+
+def list_patients(settings: Settings) -> list[dict[str, Any]]:
+    with unit_of_work(settings) as session:
+        return [{"patient_id": p.patient_id, "issuer_of_patient_id": p.issuer_of_patient_id,
+                 "patient_name": p.patient_name, "patient_birth_date": p.patient_birth_date,
+                 "patient_sex": p.patient_sex}
+                for p in session.scalars(select(Patient).order_by(Patient.patient_name, Patient.id))]

@@ -141,3 +141,14 @@ def test_malformed_date_key_gets_a_failure_with_comment(worklist_cluster: Cluste
     assert status.Status == 0xC000
     assert "not a date" in status.ErrorComment
     assert len(answers) == 1
+
+
+def test_ris_cli_lists_orders_and_patients(worklist_cluster: Cluster) -> None:
+    orders = worklist_cluster.pacs_json("ris", "orders")
+    assert {o["accession_number"] for o in orders} == {"ACC-1", "ACC-2", "ACC-3", "ACC-4", "ACC-5"}
+    assert {o["accession_number"] for o in worklist_cluster.pacs_json("ris", "orders", "--status", "cancelled")} \
+        == {"ACC-4"}
+    names = {p["patient_name"] for p in worklist_cluster.pacs_json("ris", "patients")}
+    assert {"DOE^JOHN", "MÜLLER^JÜRGEN"} <= names
+    table = worklist_cluster.pacs("ris", "orders").stdout
+    assert "ACC-3" in table and "SMITH^ANN" in table
