@@ -77,7 +77,7 @@ def up() -> None:
     out.print(f"  database   {_redact(settings.effective_database_url)}")
     out.print(f"  broker     {_redact(settings.effective_broker_url)}")
     out.print(f"  gateway    DICOM {settings.dicom_ae_title} on port {settings.dicom_port} "
-              f"({settings.gateway_processes} listener processes)")
+              f"({settings.gateway_processes} listener processes), HL7 MLLP on port {settings.hl7_port}")
     out.print(f"  archive    {settings.effective_archive_url} (cache tier {settings.cache_path})")
     out.print("  dbserver   worker on queue db")
     if password:

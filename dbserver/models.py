@@ -274,3 +274,21 @@ class Order(Base):
     updated_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
 
     patient: Mapped[Patient] = relationship()
+
+
+class Hl7Message(Base):
+    """Every HL7 message received or sent, raw, with what became of it."""
+
+    __tablename__ = "hl7_messages"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(TS, default=utcnow, index=True)
+    direction: Mapped[str] = mapped_column(String(3))  # in | out
+    remote: Mapped[str] = mapped_column(String(255), default="")
+    message_type: Mapped[str] = mapped_column(String(32), default="")
+    message_control_id: Mapped[str] = mapped_column(String(64), default="")
+    sending_application: Mapped[str] = mapped_column(String(255), default="")
+    sending_facility: Mapped[str] = mapped_column(String(255), default="")
+    ack_code: Mapped[str] = mapped_column(String(2), default="")  # AA | AE | AR
+    error: Mapped[str] = mapped_column(Text, default="")
+    raw: Mapped[str] = mapped_column(Text, default="")

@@ -1,4 +1,4 @@
-"""``pacs serve gateway``: the DICOM listener.
+"""``pacs serve gateway``: the DICOM listener and the HL7 MLLP listener.
 
 The parent binds PACS_DICOM_PORT once and starts PACS_GATEWAY_PROCESSES
 listener processes that accept on the same socket (pynetdicom spends a few
@@ -13,7 +13,7 @@ import signal
 import socket
 import threading
 
-from gateway import scp
+from gateway import hl7, scp
 from gateway.ingest import Ingestor
 from services.heartbeat import start_heartbeat
 from services.settings import Settings
@@ -31,6 +31,7 @@ def serve(settings: Settings) -> None:
                       pass_fds=(fd,))
                 for i in range(settings.gateway_processes)]
     LOG.info("DICOM port %s: %d listener processes", settings.dicom_port, len(children))
+    hl7.start(settings)
     start_heartbeat(settings, "gateway", {"port": settings.dicom_port, "ae_title": settings.dicom_ae_title})
     Supervisor(children).run()
 

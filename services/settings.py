@@ -48,8 +48,12 @@ class Settings(BaseSettings):
     gateway_processes: int = Field(2, ge=1, le=64)
     duplicate_policy: DuplicatePolicy = "keep-first"
 
-    # --- other ports -------------------------------------------------------
+    # --- HL7 ---------------------------------------------------------------
     hl7_port: int = Field(2575, ge=1, le=65535)
+    hl7_max_message_bytes: int = Field(1024 * 1024, ge=1024)
+    hl7_idle_seconds: float = Field(300.0, gt=0)
+
+    # --- other ports -------------------------------------------------------
     http_port: int = Field(8080, ge=1, le=65535)
     archive_host: str = "127.0.0.1"
     archive_port: int = Field(8081, ge=1, le=65535)

@@ -1,0 +1,360 @@
+"""The HL7 v2 listener: MLLP on PACS_HL7_PORT, patients and orders from the
+HIS/RIS.
+
+Framing (MLLP, HL7 v2.5.1 Appendix C): ``<VT> message <FS><CR>``; a message
+may arrive split over many reads, several may come in one read, bytes
+outside a frame are dropped, and a frame larger than
+PACS_HL7_MAX_MESSAGE_BYTES closes the connection. Each message is parsed
+with python-hl7, logged raw, applied in one transaction and answered:
+
+* ``AA`` when applied;
+* ``AE`` with an ERR segment when it cannot be (a missing PID-3, an
+  unparseable date, no order identifier) — nothing of it is applied;
+* ``AR`` when its type is not one we take, or it cannot be parsed.
+
+Taken: ADT^A01/A04/A08/A31 (patient created or updated), ORM^O01 and
+OMI^O23 (orders: ORC-1 NW new, XO changed, CA cancelled, SC status).
+Patient identifiers are scoped by their assigning authority (PID-3.4), or
+by the sending facility (MSH-4) when none is given: the same Patient ID in
+two RIS domains is two patients.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from datetime import datetime, timezone
+from typing import Any
+
+import hl7
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dbserver.models import Hl7Message, Order, Patient, utcnow
+from dbserver.worklist import CANCELLED, COMPLETED, SCHEDULED, OrderFields, save_order
+from services.db import run_in_transaction
+from services.settings import Settings
+
+LOG = logging.getLogger(__name__)
+
+VT, FS, CR = 0x0B, 0x1C, 0x0D
+
+
+class FrameTooLarge(Exception):
+    pass
+
+
+class FrameReader:
+    """Cuts a byte stream into MLLP frames."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self.buf += data
+        frames = []
+        while True:
+            start = self.buf.find(VT)
+            if start < 0:
+                self.buf.clear()  # nothing but bytes outside a frame
+                return frames
+            if start:
+                del self.buf[:start]
+            end = self.buf.find(bytes([FS, CR]), 1)
+            if end < 0:
+                if len(self.buf) > self.max_bytes + 1:
+                    raise FrameTooLarge(f"an HL7 message longer than {self.max_bytes} bytes")
+                return frames
+            frames.append(bytes(self.buf[1:end]))
+            del self.buf[:end + 2]
+
+
+def frame(message: str) -> bytes:
+    return bytes([VT]) + message.encode("utf-8") + bytes([FS, CR])
+
+
+class Hl7Error(Exception):
+    """The message cannot be applied: answered AE with an ERR segment.
+    ``location`` is the field (``PID^1^3``), ``code`` an HL7 table 0357 code."""
+
+    def __init__(self, message: str, location: str = "", code: str = "207") -> None:
+        super().__init__(message)
+        self.location = location
+        self.code = code
+
+
+class Hl7Reject(Exception):
+    """The message is not one we take: answered AR."""
+
+
+# --- field access -------------------------------------------------------------
+def _field(msg: hl7.Message, segment: str, field: int, component: int = 1, repetition: int = 1) -> str:
+    """A component of the first such segment, '' when absent."""
+    try:
+        value = msg.extract_field(segment, 1, field, repetition, component, 1)
+    except (KeyError, IndexError, AttributeError, TypeError):
+        return ""
+    return str(value or "").strip()
+
+
+def _has_segment(msg: hl7.Message, name: str) -> bool:
+    try:
+        msg.segment(name)
+        return True
+    except KeyError:
+        return False
+
+
+def _date(value: str, where: str) -> str:
+    """An HL7 DT/TS as DICOM DA (YYYYMMDD)."""
+    if not value:
+        return ""
+    digits = value[:8]
+    try:
+        datetime.strptime(digits, "%Y%m%d")
+    except ValueError:
+        raise Hl7Error(f"{where}: {value!r} is not a date", where.replace("-", "^1^"), "102") from None
+    return digits
+
+
+def _datetime(value: str, where: str) -> datetime | None:
+    """An HL7 TS (YYYYMMDD[HHMM[SS]]) as a UTC datetime (local time of the
+    RIS taken as UTC when it names no zone)."""
+    if not value:
+        return None
+    text = value.split("+")[0].split("-")[0].split(".")[0]
+    fmt = {14: "%Y%m%d%H%M%S", 12: "%Y%m%d%H%M", 10: "%Y%m%d%H", 8: "%Y%m%d"}.get(len(text))
+    try:
+        if fmt is None or not text.isdigit():
+            raise ValueError(text)
+        return datetime.strptime(text, fmt).replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise Hl7Error(f"{where}: {value!r} is not a date/time", where.replace("-", "^1^"), "102") from None
+
+
+def _person_name(msg: hl7.Message, segment: str, field: int) -> str:
+    """XPN (family^given^middle^suffix^prefix) as DICOM PN
+    (family^given^middle^prefix^suffix)."""
+    parts = [_field(msg, segment, field, c) for c in (1, 2, 3, 5, 4)]
+    return "^".join(parts).rstrip("^")
+
+
+_SEX = {"M": "M", "F": "F", "O": "O", "U": "", "A": "O", "N": ""}
+
+
+def _patient_fields(msg: hl7.Message, facility: str) -> dict[str, str]:
+    patient_id = _field(msg, "PID", 3, 1)
+    if not patient_id:
+        raise Hl7Error("PID-3 (patient identifier) is missing", "PID^1^3", "101")
+    return {
+        "patient_id": patient_id,
+        "issuer_of_patient_id": _field(msg, "PID", 3, 4) or facility,
+        "patient_name": _person_name(msg, "PID", 5),
+        "patient_birth_date": _date(_field(msg, "PID", 7), "PID-7"),
+        "patient_sex": _SEX.get(_field(msg, "PID", 8).upper()[:1], ""),
+    }
+
+
+# --- what each message does -----------------------------------------------------------
+def apply_adt(session: Session, msg: hl7.Message, facility: str) -> str:
+    fields = _patient_fields(msg, facility)
+    patient = session.scalar(select(Patient).where(
+        Patient.patient_id == fields["patient_id"],
+        Patient.issuer_of_patient_id == fields["issuer_of_patient_id"]))
+    now = utcnow()
+    if patient is None:
+        patient = Patient(created_at=now, **fields)
+        session.add(patient)
+    else:
+        for key, value in fields.items():
+            if value:
+                setattr(patient, key, value)
+    patient.updated_at = now
+    return f"patient {fields['patient_id']} ({fields['issuer_of_patient_id']})"
+
+
+_STATUS = {"NW": SCHEDULED, "XO": SCHEDULED, "CA": CANCELLED, "OC": CANCELLED, "DC": CANCELLED}
+_ORDER_STATUS = {"CM": COMPLETED, "CA": CANCELLED, "DC": CANCELLED, "IP": SCHEDULED, "SC": SCHEDULED}
+
+
+def apply_order(session: Session, msg: hl7.Message, facility: str) -> str:
+    control = _field(msg, "ORC", 1).upper()
+    if control not in ("NW", "XO", "CA", "OC", "DC", "SC"):
+        raise Hl7Error(f"ORC-1 order control {control!r} is not one of NW, XO, CA, SC", "ORC^1^1", "103")
+    patient = _patient_fields(msg, facility)
+    omi = _has_segment(msg, "IPC")
+    if omi:
+        accession = _field(msg, "IPC", 1)
+        procedure_id, study_uid = _field(msg, "IPC", 2), _field(msg, "IPC", 3)
+        step_id, modality = _field(msg, "IPC", 4), _field(msg, "IPC", 5)
+        station_name, station_ae = _field(msg, "IPC", 7), _field(msg, "IPC", 9)
+        start = _datetime(_field(msg, "TQ1", 7), "TQ1-7") if _has_segment(msg, "TQ1") else None
+    else:  # ORM^O01 as IHE Scheduled Workflow fills it
+        accession = _field(msg, "OBR", 18) or _field(msg, "ORC", 3) or _field(msg, "OBR", 3)
+        procedure_id, study_uid = _field(msg, "OBR", 19), ""
+        step_id, modality = _field(msg, "OBR", 20), _field(msg, "OBR", 24)
+        station_name, station_ae = "", _field(msg, "OBR", 21)
+        start = _datetime(_field(msg, "ORC", 7, 4) or _field(msg, "OBR", 27, 4) or _field(msg, "OBR", 36),
+                          "ORC-7")
+    if not accession:
+        raise Hl7Error("no accession number (OBR-18 or IPC-1)", "IPC^1^1" if omi else "OBR^1^18", "101")
+    issuer = facility
+    existing = session.scalar(select(Order).where(Order.accession_number == accession,
+                                                  Order.issuer_of_accession_number == issuer))
+    if control == "SC":
+        status = _ORDER_STATUS.get(_field(msg, "ORC", 5).upper(), SCHEDULED)
+    else:
+        status = _STATUS[control]
+    if existing is None and status != SCHEDULED:
+        raise Hl7Error(f"no order {accession} to {'cancel' if status == CANCELLED else 'update'}",
+                       "ORC^1^1", "204")
+    save_order(session, OrderFields(
+        accession_number=accession[:16], issuer_of_accession_number=issuer, study_instance_uid=study_uid,
+        placer_order_number=_field(msg, "ORC", 2), filler_order_number=_field(msg, "ORC", 3),
+        requested_procedure_id=procedure_id[:16],
+        requested_procedure_description=_field(msg, "OBR", 4, 2)[:64],
+        scheduled_procedure_step_id=step_id[:16],
+        scheduled_procedure_step_description=_field(msg, "OBR", 4, 2)[:64],
+        modality=modality[:16], scheduled_station_ae_title=station_ae[:16],
+        scheduled_station_name=station_name[:16], scheduled_start=start,
+        referring_physician_name=_person_name(msg, "ORC", 12) or _person_name(msg, "OBR", 16),
+        status=status, **patient))
+    return f"order {accession}: {status}"
+
+
+HANDLERS = {
+    ("ADT", "A01"): apply_adt, ("ADT", "A04"): apply_adt, ("ADT", "A08"): apply_adt,
+    ("ADT", "A31"): apply_adt, ("ORM", "O01"): apply_order, ("OMI", "O23"): apply_order,
+}
+
+
+# --- one message in, one ACK out ----------------------------------------------------------
+def _log(session: Session, raw: str, remote: str, msg: hl7.Message | None, ack: str, error: str) -> None:
+    session.add(Hl7Message(
+        at=utcnow(), direction="in", remote=remote, raw=raw, ack_code=ack, error=error[:2000],
+        message_type=_field(msg, "MSH", 9, 1) + "^" + _field(msg, "MSH", 9, 2) if msg else "",
+        message_control_id=_field(msg, "MSH", 10) if msg else "",
+        sending_application=_field(msg, "MSH", 3) if msg else "",
+        sending_facility=_field(msg, "MSH", 4) if msg else ""))
+
+
+def _escape(text: str) -> str:
+    """HL7 escape sequences for the delimiters (v2.5 §2.7)."""
+    return (text.replace("\\", "\\E\\").replace("|", "\\F\\").replace("^", "\\S\\")
+            .replace("&", "\\T\\").replace("~", "\\R\\").replace("\r", " ").replace("\n", " "))
+
+
+def _ack(msg: hl7.Message | None, code: str, text: str = "", error: Hl7Error | None = None) -> str:
+    now = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    control = hl7.generate_message_control_id()
+    if msg is not None:
+        head = (f"MSH|^~\\&|{_field(msg, 'MSH', 5)}|{_field(msg, 'MSH', 6)}|{_field(msg, 'MSH', 3)}|"
+                f"{_field(msg, 'MSH', 4)}|{now}||ACK^{_field(msg, 'MSH', 9, 2)}^ACK|{control}|P|"
+                f"{_field(msg, 'MSH', 12) or '2.5'}")
+        acked = _field(msg, "MSH", 10)
+    else:
+        head = f"MSH|^~\\&|PACS||||{now}||ACK|{control}|P|2.5"
+        acked = ""
+    text = _escape(text)
+    segments = [head, f"MSA|{code}|{acked}|{text[:80]}"]
+    if code != "AA":
+        location = error.location if error else ""
+        err_code = error.code if error else "200"
+        segments.append(f"ERR||{location}|{err_code}^{'Unsupported message type' if code == 'AR' else 'Error'}"
+                        f"^HL70357|E||||{text[:250]}")
+    return "\r".join(segments) + "\r"
+
+
+def handle(raw_bytes: bytes, settings: Settings, remote: str = "") -> str:
+    """Apply one message; return the ACK to send."""
+    try:
+        raw = raw_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        raw = raw_bytes.decode("latin-1")
+    raw = raw.replace("\r\n", "\r").replace("\n", "\r").strip("\r")
+    msg: hl7.Message | None = None
+    try:
+        if not raw.startswith("MSH") or len(raw) < 8:
+            raise Hl7Reject("the message does not start with an MSH segment")
+        try:
+            msg = hl7.parse(raw)
+        except Exception as exc:  # noqa: BLE001 - python-hl7 raises several kinds
+            raise Hl7Reject(f"unparseable message: {exc}") from exc
+        kind = (_field(msg, "MSH", 9, 1).upper(), _field(msg, "MSH", 9, 2).upper())
+        handler = HANDLERS.get(kind)
+        if handler is None:
+            raise Hl7Reject(f"message type {'^'.join(kind)} is not taken here")
+        facility = _field(msg, "MSH", 4)
+        parsed = msg
+
+        def work(session: Session) -> str:
+            what = handler(session, parsed, facility)
+            _log(session, raw, remote, parsed, "AA", "")
+            return what
+
+        what = run_in_transaction(work, settings)
+        LOG.info("HL7 %s from %s applied: %s", "^".join(kind), remote, what)
+        return _ack(msg, "AA")
+    except Hl7Reject as exc:
+        code, error, text = "AR", None, str(exc)
+    except Hl7Error as exc:
+        code, error, text = "AE", exc, str(exc)
+    except ValueError as exc:
+        code, error, text = "AE", Hl7Error(str(exc)), str(exc)
+    LOG.warning("HL7 message from %s answered %s: %s", remote, code, text)
+    run_in_transaction(lambda s: _log(s, raw, remote, msg, code, text), settings)
+    return _ack(msg, code, text, error)
+
+
+# --- the listener ---------------------------------------------------------------------------
+class Hl7Listener:
+    def __init__(self, settings: Settings, sock: socket.socket | None = None) -> None:
+        self.settings = settings
+        self.sock = sock or socket.create_server((settings.dicom_host, settings.hl7_port), backlog=64)
+        self._stop = threading.Event()
+
+    def serve_forever(self) -> None:
+        self.sock.settimeout(0.5)
+        while not self._stop.is_set():
+            try:
+                conn, address = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    return
+                raise
+            threading.Thread(target=self._serve, args=(conn, address), daemon=True,
+                             name=f"hl7-{address[0]}:{address[1]}").start()
+
+    def _serve(self, conn: socket.socket, address: Any) -> None:
+        remote = f"{address[0]}:{address[1]}"
+        reader = FrameReader(self.settings.hl7_max_message_bytes)
+        conn.settimeout(self.settings.hl7_idle_seconds)
+        try:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                for message in reader.feed(data):
+                    conn.sendall(frame(handle(message, self.settings, remote)))
+        except FrameTooLarge as exc:
+            LOG.warning("HL7 connection from %s closed: %s", remote, exc)
+        except (TimeoutError, OSError) as exc:
+            LOG.info("HL7 connection from %s ended: %s", remote, exc)
+        except Exception:  # noqa: BLE001 - one bad connection never stops the listener
+            LOG.exception("HL7 connection from %s failed", remote)
+        finally:
+            conn.close()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+
+
+def start(settings: Settings) -> Hl7Listener:
+    listener = Hl7Listener(settings)
+    threading.Thread(target=listener.serve_forever, name="hl7-listener", daemon=True).start()
+    LOG.info("HL7 MLLP listener on %s:%s", settings.dicom_host, settings.hl7_port)
+    return listener

@@ -1,0 +1,204 @@
+"""The HL7 listener over real MLLP connections (python-hl7's client and raw
+sockets) to a cluster under ``pacs up``: ACKs, patients and orders applied,
+errors answered AE/AR without applying anything, framing edge cases."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator
+
+import hl7
+import pytest
+from hl7.client import MLLPClient
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pynetdicom import AE
+from pynetdicom.sop_class import ModalityWorklistInformationFind
+
+from gateway.hl7 import FrameReader
+from tests.cluster import Cluster
+
+VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
+
+
+@pytest.fixture(scope="module")
+def ris_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = Cluster(tmp_path_factory.mktemp("hl7"))
+    c.start()
+    yield c
+    c.destroy()
+
+
+def msh(kind: str, control: str, facility: str = "HOSP_A") -> str:
+    return f"MSH|^~\\&|RIS|{facility}|PACS|RAD|20261123120000||{kind}|{control}|P|2.5"
+
+
+def adt(event: str, control: str, pid: str, name: str, birth: str = "19700101", sex: str = "M",
+        facility: str = "HOSP_A", authority: str = "") -> str:
+    ident = f"{pid}^^^{authority}^MR" if authority else pid
+    return "\r".join([msh(f"ADT^{event}", control, facility), f"EVN|{event}|20261123120000",
+                      f"PID|1||{ident}||{name}||{birth}|{sex}"]) + "\r"
+
+
+def orm(control: str, order_control: str, accession: str, pid: str = "P100", name: str = "ORDER^OLGA",
+        start: str = "202611241030", modality: str = "CT", station: str = "CT01", status: str = "") -> str:
+    return "\r".join([
+        msh("ORM^O01", control), f"PID|1||{pid}||{name}||19800202|F",
+        f"ORC|{order_control}|PL-{accession}|FI-{accession}||{status}||^^^{start}",
+        _segment("OBR", {1: "1", 2: f"PL-{accession}", 3: f"FI-{accession}", 4: "CTCHEST^CT chest",
+                         18: accession, 19: f"RP-{accession}", 20: f"SPS-{accession}", 21: station,
+                         24: modality})]) + "\r"
+
+
+def _segment(name: str, fields: dict[int, str]) -> str:
+    """A segment with these fields at their HL7 positions."""
+    return "|".join([name] + [fields.get(i, "") for i in range(1, max(fields) + 1)])
+
+
+def send(c: Cluster, message: str) -> hl7.Message:
+    with MLLPClient("127.0.0.1", c.hl7_port) as client:
+        reply = client.send_message(message)
+    return hl7.parse(reply.decode().strip(VT.decode() + FS.decode() + CR.decode()))
+
+
+def ack_code(ack: hl7.Message) -> str:
+    return str(ack.segment("MSA")[1])
+
+
+def patients(c: Cluster) -> dict[tuple[str, str], dict]:
+    return {(p["patient_id"], p["issuer_of_patient_id"]): p for p in c.pacs_json("ris", "patients")}
+
+
+def orders(c: Cluster) -> dict[str, dict]:
+    return {o["accession_number"]: o for o in c.pacs_json("ris", "orders")}
+
+
+def log_rows(c: Cluster) -> list[tuple[str, str, str]]:
+    with sqlite3.connect(c.data_dir / "pacs.db") as db:
+        return db.execute("SELECT message_control_id, message_type, ack_code FROM hl7_messages").fetchall()
+
+
+def test_adt_creates_then_updates_a_patient(ris_cluster: Cluster) -> None:
+    ack = send(ris_cluster, adt("A04", "ADT-1", "P1", "DOE^JOHN"))
+    assert ack_code(ack) == "AA" and str(ack.segment("MSA")[2]) == "ADT-1"
+    assert patients(ris_cluster)[("P1", "HOSP_A")]["patient_name"] == "DOE^JOHN"
+    assert ack_code(send(ris_cluster, adt("A08", "ADT-2", "P1", "DOE^JONATHAN"))) == "AA"
+    assert patients(ris_cluster)[("P1", "HOSP_A")]["patient_name"] == "DOE^JONATHAN"
+    assert ("ADT-2", "ADT^A08", "AA") in log_rows(ris_cluster)
+
+
+def test_same_patient_id_in_two_domains_is_two_patients(ris_cluster: Cluster) -> None:
+    send(ris_cluster, adt("A01", "DOM-1", "P7", "ALPHA^ANN", facility="HOSP_A"))
+    send(ris_cluster, adt("A01", "DOM-2", "P7", "BETA^BOB", facility="HOSP_B"))
+    send(ris_cluster, adt("A01", "DOM-3", "P7", "GAMMA^GUS", facility="HOSP_B", authority="CITY"))
+    found = patients(ris_cluster)
+    assert found[("P7", "HOSP_A")]["patient_name"] == "ALPHA^ANN"
+    assert found[("P7", "HOSP_B")]["patient_name"] == "BETA^BOB"
+    assert found[("P7", "CITY")]["patient_name"] == "GAMMA^GUS"
+
+
+def test_orders_new_change_cancel_and_worklist(ris_cluster: Cluster) -> None:
+    assert ack_code(send(ris_cluster, orm("ORM-1", "NW", "A100"))) == "AA"
+    assert ack_code(send(ris_cluster, orm("ORM-2", "NW", "A101", modality="MR", station="MR01"))) == "AA"
+    assert ack_code(send(ris_cluster, orm("ORM-3", "XO", "A101", modality="MR", station="MR02"))) == "AA"
+    got = orders(ris_cluster)
+    assert got["A100"]["status"] == "scheduled" and got["A100"]["modality"] == "CT"
+    assert got["A100"]["scheduled_start"].startswith("2026-11-24T10:30")
+    assert got["A101"]["scheduled_station_ae_title"] == "MR02"
+    assert ack_code(send(ris_cluster, orm("ORM-4", "CA", "A100"))) == "AA"
+    assert orders(ris_cluster)["A100"]["status"] == "cancelled"
+
+    ae = AE("MR02")
+    ae.add_requested_context(ModalityWorklistInformationFind)
+    assoc = ae.associate("127.0.0.1", ris_cluster.dicom_port, ae_title="PACS")
+    query = Dataset()
+    query.PatientName = ""
+    query.AccessionNumber = ""
+    sps = Dataset()
+    sps.ScheduledStationAETitle = "MR02"
+    query.ScheduledProcedureStepSequence = Sequence([sps])
+    answers = [ds for status, ds in assoc.send_c_find(query, ModalityWorklistInformationFind)
+               if status.Status == 0xFF00]
+    assoc.release()
+    assert [(ds.AccessionNumber, str(ds.PatientName)) for ds in answers] == [("A101", "ORDER^OLGA")]
+
+
+def test_omi_with_ipc_and_status_change(ris_cluster: Cluster) -> None:
+    omi = "\r".join([
+        msh("OMI^O23", "OMI-1"), "PID|1||P200||OMI^OSCAR||19900303|M",
+        "ORC|NW|PL-9|FI-9", "TQ1|1||||||202611250800",
+        "OBR|1|PL-9|FI-9|MRBRAIN^MR brain",
+        "IPC|A200|RP-200|1.2.826.0.1.3680043.8.498.99|SPS-200|MR||MR ROOM 2||MR02"]) + "\r"
+    assert ack_code(send(ris_cluster, omi)) == "AA"
+    order = orders(ris_cluster)["A200"]
+    assert order["study_instance_uid"] == "1.2.826.0.1.3680043.8.498.99"
+    assert order["scheduled_station_ae_title"] == "MR02" and order["requested_procedure_id"] == "RP-200"
+    done = orm("ORM-9", "SC", "A200", pid="P200", name="OMI^OSCAR", status="CM")
+    assert ack_code(send(ris_cluster, done)) == "AA"
+    assert orders(ris_cluster)["A200"]["status"] == "completed"
+
+
+@pytest.mark.parametrize(("message", "code", "says"), [
+    ("MSH|^~\\&|RIS|HOSP_A|PACS|RAD|20261123||ADT^A08|E-1|P|2.5\rPID|1||||NOID^NOAH\r", "AE", "PID-3"),
+    (adt("A08", "E-2", "P300", "DATE^DAN", birth="19701399"), "AE", "PID-7"),
+    (orm("E-3", "CA", "NO-SUCH-ORDER"), "AE", "NO-SUCH-ORDER"),
+    (orm("E-4", "NW", "A400", start="2026-11-24"), "AE", "ORC-7"),
+    ("MSH|^~\\&|RIS|HOSP_A|PACS|RAD|20261123||ORU^R01|E-5|P|2.5\rPID|1||P1\r", "AR", "R01 is not taken"),
+])
+def test_bad_messages_are_answered_and_change_nothing(ris_cluster: Cluster, message: str, code: str,
+                                                      says: str) -> None:
+    before = (patients(ris_cluster), orders(ris_cluster))
+    ack = send(ris_cluster, message)
+    assert ack_code(ack) == code
+    assert says in str(ack)
+    assert str(ack.segment("ERR"))
+    assert (patients(ris_cluster), orders(ris_cluster)) == before
+
+
+def _raw(c: Cluster) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", c.hl7_port), timeout=10)
+
+
+def _read_acks(sock: socket.socket, n: int) -> list[str]:
+    reader = FrameReader(1 << 20)
+    acks: list[bytes] = []
+    while len(acks) < n:
+        data = sock.recv(65536)
+        if not data:
+            break
+        acks += reader.feed(data)
+    return [a.decode() for a in acks]
+
+
+def test_framing_split_joined_and_garbage(ris_cluster: Cluster) -> None:
+    one = VT + adt("A08", "F-1", "P500", "SPLIT^SAM").encode() + FS + CR
+    two = VT + adt("A08", "F-2", "P501", "JOINED^JO").encode() + FS + CR
+    three = VT + adt("A08", "F-3", "P502", "JOINED^JAY").encode() + FS + CR
+    with _raw(ris_cluster) as s:
+        for part in (one[:7], one[7:40], one[40:]):
+            s.sendall(part)
+            time.sleep(0.2)
+        assert "MSA|AA|F-1" in _read_acks(s, 1)[0]
+        s.sendall(b"garbage outside any frame" + two + three)
+        acks = _read_acks(s, 2)
+    assert ["MSA|AA|F-2" in acks[0], "MSA|AA|F-3" in acks[1]] == [True, True]
+    assert {("P501", "HOSP_A"), ("P502", "HOSP_A")} <= set(patients(ris_cluster))
+
+
+def test_no_msh_and_oversized_messages(ris_cluster: Cluster) -> None:
+    with _raw(ris_cluster) as s:
+        s.sendall(VT + b"PID|1||P1||NOMSH^NED\r" + FS + CR)
+        ack = _read_acks(s, 1)[0]
+    assert "MSA|AR|" in ack and "MSH" in ack
+    with _raw(ris_cluster) as s:
+        s.sendall(VT + adt("A08", "BIG", "P600", "BIG^BEN").encode() + b"NTE|1||" + b"x" * (2 << 20))
+        s.settimeout(10)
+        try:
+            closed = s.recv(100) == b""
+        except ConnectionResetError:
+            closed = True
+    assert closed, "an oversized message closes its connection"
+    assert ("P600", "HOSP_A") not in patients(ris_cluster)
+    assert ack_code(send(ris_cluster, adt("A08", "AFTER", "P601", "STILL^SERVING"))) == "AA"
