@@ -25,8 +25,10 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 node_app = typer.Typer(help="Known DICOM nodes (modalities, workstations).", no_args_is_help=True)
 study_app = typer.Typer(help="Studies in the index.", no_args_is_help=True)
 ris_app = typer.Typer(help="What the HIS/RIS told us: patients and orders.", no_args_is_help=True)
+quarantine_app = typer.Typer(help="Studies whose demographics disagree with their order.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(ris_app, name="ris")
+app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(node_app, name="node")
 app.add_typer(study_app, name="study")
 
@@ -330,6 +332,23 @@ def ris_orders(as_json: JsonOpt = False,
         return
     out.print(_table(orders, ["accession_number", "patient_id", "patient_name", "modality",
                               "scheduled_station_ae_title", "scheduled_start", "status"]))
+
+
+@quarantine_app.command("list")
+def quarantine_list(as_json: JsonOpt = False) -> None:
+    """Quarantined studies, with what differs from their order."""
+    from dbserver.queries import list_studies
+
+    settings = _settings()
+    _ready(settings)
+    studies = list_studies(settings, quarantined=True)
+    if as_json:
+        _print_json(studies)
+        return
+    for s in studies:
+        diff = s["validation_detail"].get("differences", {})
+        why = "; ".join(f"{k}: images {v['images']!r}, RIS {v['ris']!r}" for k, v in diff.items())
+        out.print(f"{s['study_instance_uid']}  acc {s['accession_number']}  {s['patient_name']}  — {why}")
 
 
 # --- export / import ------------------------------------------------------------------

@@ -106,6 +106,10 @@ class Study(Base):
     last_received_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
     stable_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
     stable: Mapped[bool] = mapped_column(Boolean, default=False)
+    # HIS/RIS validation: unverified (no order) | verified | quarantined (mismatch)
+    validation_status: Mapped[str] = mapped_column(String(16), default="unverified", index=True)
+    validation_detail: Mapped[str] = mapped_column(Text, default="")
+    order_fk: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
 
     patient: Mapped[Patient] = relationship(back_populates="studies")

@@ -21,6 +21,7 @@ from dbserver.models import (
     utcnow,
 )
 from dbserver.registration import NO_PATIENT_ID
+from dbserver.validation import QUARANTINED
 from services.db import run_in_transaction, unit_of_work
 from services.dicom import check_uid
 from services.settings import Settings
@@ -51,18 +52,31 @@ def _study_dict(study: Study, patient: Patient) -> dict[str, Any]:
         "num_instances": study.number_of_study_related_instances,
         "size_bytes": study.size_bytes,
         "stable": study.stable,
+        "validation_status": study.validation_status,
         "last_received_at": study.last_received_at.isoformat(),
     }
 
 
-def list_studies(settings: Settings, actor: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+def list_studies(settings: Settings, actor: str | None = None, limit: int | None = None,
+                 quarantined: bool = False) -> list[dict[str, Any]]:
+    """The clinical list (quarantined studies hidden), or with
+    ``quarantined`` only the quarantined ones, with why."""
     def work(session: Session) -> list[dict[str, Any]]:
         query = select(Study, Patient).join(Patient, Study.patient_fk == Patient.id).order_by(
             Study.last_received_at.desc())
+        if quarantined:
+            query = query.where(Study.validation_status == QUARANTINED)
+        else:
+            query = query.where(Study.validation_status != QUARANTINED)
         if limit:
             query = query.limit(limit)
-        rows = [_study_dict(s, p) for s, p in session.execute(query)]
-        audit(session, "study-list", "study", actor=actor, count=len(rows))
+        rows = []
+        for study, patient in session.execute(query):
+            row = _study_dict(study, patient)
+            if quarantined:
+                row["validation_detail"] = json.loads(study.validation_detail or "{}")
+            rows.append(row)
+        audit(session, "quarantine-list" if quarantined else "study-list", "study", actor=actor, count=len(rows))
         return rows
 
     return run_in_transaction(work, settings)

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import distinct, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
+from dbserver.validation import validate_studies
 from dbserver.models import Change, Instance, Patient, Series, Study, SupersededObject, utcnow
 from services.db import run_in_transaction, unit_of_work
 from services.dicom import check_uid
@@ -189,6 +190,9 @@ def _register(session: Session, batch: list[dict[str, Any]], settings: Settings)
                  "created_at": now} for uid in series_uids - set(known_series)]
     if changes:
         session.execute(Change.__table__.insert(), changes)
+    new_studies = {study_ids[uid] for uid in study_uids - set(known_studies)}
+    if new_studies:
+        validate_studies(session, new_studies)
     if touched_studies:
         refresh_aggregates(session, touched_studies,
                            stable_at=now + timedelta(seconds=settings.study_stable_seconds), now=now)

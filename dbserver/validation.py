@@ -1,0 +1,95 @@
+"""Validation of new studies against the HIS/RIS orders (DESIGN.md, "HIS/RIS
+validation").
+
+A new study is matched to an order by its Accession Number and compared on
+Patient ID, normalized name, birth date and sex:
+
+* ``verified`` — an order matches and every compared value agrees;
+* ``quarantined`` — an order matches but a value differs: the study is
+  stored, hidden from clinical views, and listed for administrators;
+* ``unverified`` — no accession number, or no order for it.
+
+A study is never refused for its demographics.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dbserver.models import Change, Order, Patient, Study, utcnow
+
+VERIFIED = "verified"
+QUARANTINED = "quarantined"
+UNVERIFIED = "unverified"
+
+_NOT_NAME = re.compile(r"[^0-9A-Z]+")
+
+
+def normalize_name(name: str) -> str:
+    """A person name as compared: the alphabetic group only, upper case,
+    letters and digits of each component, no trailing empty components
+    (``Doe^John^^`` = ``DOE^JOHN``; ``O'Brien`` = ``OBRIEN``)."""
+    alphabetic = (name or "").split("=")[0].upper()
+    parts = [_NOT_NAME.sub("", part) for part in alphabetic.split("^")]
+    while parts and not parts[-1]:
+        parts.pop()
+    return "^".join(parts)
+
+
+def differences(patient: Patient, order_patient: Patient) -> dict[str, dict[str, str]]:
+    """What the images say and what the RIS says, where they differ. An
+    empty value on either side is not a difference (nothing to compare)."""
+    out: dict[str, dict[str, str]] = {}
+    if patient.patient_id != order_patient.patient_id:
+        out["patient_id"] = {"images": patient.patient_id, "ris": order_patient.patient_id}
+    if normalize_name(patient.patient_name) != normalize_name(order_patient.patient_name):
+        out["patient_name"] = {"images": patient.patient_name, "ris": order_patient.patient_name}
+    for attr in ("patient_birth_date", "patient_sex"):
+        ours, theirs = getattr(patient, attr), getattr(order_patient, attr)
+        if ours and theirs and ours != theirs:
+            out[attr] = {"images": ours, "ris": theirs}
+    return out
+
+
+def _order_for(session: Session, study: Study, patient: Patient) -> tuple[Order, Patient] | None:
+    rows = session.execute(select(Order, Patient).join(Patient, Order.patient_fk == Patient.id)
+                           .where(Order.accession_number == study.accession_number)).all()
+    if not rows:
+        return None
+    # the same accession in several RIS domains: prefer the study's own domain
+    for order, order_patient in rows:
+        if order_patient.issuer_of_patient_id == patient.issuer_of_patient_id:
+            return order, order_patient
+    return rows[0][0], rows[0][1]
+
+
+def validate_studies(session: Session, study_ids: set[int]) -> dict[str, str]:
+    """Validate these (new) studies in the caller's transaction; returns
+    study UID -> outcome."""
+    outcomes: dict[str, str] = {}
+    now = utcnow()
+    for study, patient in session.execute(select(Study, Patient).join(Patient, Study.patient_fk == Patient.id)
+                                          .where(Study.id.in_(study_ids))).all():
+        found = _order_for(session, study, patient) if study.accession_number else None
+        detail: dict[str, Any] = {}
+        if found is None:
+            status = UNVERIFIED
+            detail = {"reason": "no accession number" if not study.accession_number else "no order"}
+        else:
+            order, order_patient = found
+            study.order_fk = order.id
+            diff = differences(patient, order_patient)
+            status = QUARANTINED if diff else VERIFIED
+            detail = {"accession_number": order.accession_number,
+                      "issuer_of_accession_number": order.issuer_of_accession_number, "differences": diff}
+        study.validation_status = status
+        study.validation_detail = json.dumps(detail)
+        session.add(Change(change_type=f"study-{status}", resource_type="study",
+                           resource_uid=study.study_instance_uid, created_at=now))
+        outcomes[study.study_instance_uid] = status
+    return outcomes
