@@ -334,6 +334,42 @@ def ris_orders(as_json: JsonOpt = False,
                               "scheduled_station_ae_title", "scheduled_start", "status"]))
 
 
+def _decide(uid: str, decision: str, reason: str, accession: str | None = None) -> None:
+    import getpass
+
+    from dbserver.validation import decide
+    from services.db import run_in_transaction
+
+    settings = _settings()
+    _ready(settings)
+    try:
+        result = run_in_transaction(
+            lambda s: decide(s, uid, decision, f"cli:{getpass.getuser()}", reason, accession), settings)
+    except (LookupError, ValueError) as exc:
+        _fail(str(exc).strip("'\""), 2)
+    out.print(f"{result['study_instance_uid']}: {result['validation_status']}")
+
+
+@quarantine_app.command("reconcile")
+def quarantine_reconcile(uid: str, accession: Annotated[str, typer.Option(help="the order to take")],
+                         reason: Annotated[str, typer.Option(help="why")] = "demographics corrected from the order",
+                         ) -> None:
+    """Give a quarantined study the demographics of an order."""
+    _decide(uid, "reconcile", reason, accession)
+
+
+@quarantine_app.command("accept")
+def quarantine_accept(uid: str, reason: Annotated[str, typer.Option(help="why")]) -> None:
+    """Accept a quarantined study as received."""
+    _decide(uid, "accept", reason)
+
+
+@quarantine_app.command("reject")
+def quarantine_reject(uid: str, reason: Annotated[str, typer.Option(help="why")]) -> None:
+    """Reject a quarantined study: kept, but out of every clinical view."""
+    _decide(uid, "reject", reason)
+
+
 @quarantine_app.command("list")
 def quarantine_list(as_json: JsonOpt = False) -> None:
     """Quarantined studies, with what differs from their order."""
@@ -354,7 +390,9 @@ def quarantine_list(as_json: JsonOpt = False) -> None:
 # --- export / import ------------------------------------------------------------------
 @app.command("export")
 def export(study_uid: str, out_dir: Annotated[Path, typer.Option("--out", help="target folder")]) -> None:
-    """Write every instance of a study as DIR/<SOPInstanceUID>.dcm, as stored."""
+    """Write every instance of a study as DIR/<SOPInstanceUID>.dcm: as stored,
+    with the RIS demographics applied where the RIS owns them."""
+    from dbserver.corrections import outgoing
     from dbserver.queries import show_study
     from services.dicom import check_uid
     from services.transfer import fetch
@@ -374,7 +412,7 @@ def export(study_uid: str, out_dir: Annotated[Path, typer.Option("--out", help="
             try:
                 uid = check_uid(inst["sop_instance_uid"])
                 locator = next((c["locator"] for c in inst["copies"] if c["tier"] == "cache"), None)
-                data = fetch(inst["sha256"], locator, settings)
+                data = outgoing(fetch(inst["sha256"], locator, settings), study)
                 (out_dir / f"{uid}.dcm").write_bytes(data)
                 written += 1
             except PacsError as exc:

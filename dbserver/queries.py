@@ -21,7 +21,7 @@ from dbserver.models import (
     utcnow,
 )
 from dbserver.registration import NO_PATIENT_ID
-from dbserver.validation import QUARANTINED
+from dbserver.validation import HIDDEN, QUARANTINED
 from services.db import run_in_transaction, unit_of_work
 from services.dicom import check_uid
 from services.settings import Settings
@@ -67,7 +67,7 @@ def list_studies(settings: Settings, actor: str | None = None, limit: int | None
         if quarantined:
             query = query.where(Study.validation_status == QUARANTINED)
         else:
-            query = query.where(Study.validation_status != QUARANTINED)
+            query = query.where(Study.validation_status.not_in(HIDDEN))
         if limit:
             query = query.limit(limit)
         rows = []

@@ -26,6 +26,10 @@ from dbserver.models import Change, Order, Patient, Study, utcnow
 VERIFIED = "verified"
 QUARANTINED = "quarantined"
 UNVERIFIED = "unverified"
+RECONCILED = "reconciled"  # quarantined, then given its order's demographics
+ACCEPTED = "accepted"  # quarantined, then accepted as received
+REJECTED = "rejected"  # quarantined, then rejected: out of every clinical view
+HIDDEN = (QUARANTINED, REJECTED)
 
 _NOT_NAME = re.compile(r"[^0-9A-Z]+")
 
@@ -85,6 +89,8 @@ def validate_studies(session: Session, study_ids: set[int]) -> dict[str, str]:
             study.order_fk = order.id
             diff = differences(patient, order_patient)
             status = QUARANTINED if diff else VERIFIED
+            if not diff:  # the RIS is the master of demographics from now on (A08, A40)
+                study.patient_fk = order_patient.id
             detail = {"accession_number": order.accession_number,
                       "issuer_of_accession_number": order.issuer_of_accession_number, "differences": diff}
         study.validation_status = status
@@ -93,3 +99,45 @@ def validate_studies(session: Session, study_ids: set[int]) -> dict[str, str]:
                            resource_uid=study.study_instance_uid, created_at=now))
         outcomes[study.study_instance_uid] = status
     return outcomes
+
+
+def decide(session: Session, study_uid: str, decision: str, actor: str, reason: str,
+           accession: str | None = None) -> dict[str, Any]:
+    """An administrator's decision on a quarantined study: ``reconcile``
+    (take the demographics of the order with ``accession``), ``accept``
+    (as received) or ``reject``. Audited with who and why."""
+    from dbserver.queries import audit
+
+    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+    if study is None:
+        raise LookupError(f"no study {study_uid}")
+    if study.validation_status != QUARANTINED:
+        raise ValueError(f"study {study_uid} is {study.validation_status}, not quarantined")
+    if not reason.strip():
+        raise ValueError("say why (--reason)")
+    detail = json.loads(study.validation_detail or "{}")
+    if decision == "reconcile":
+        if not accession:
+            raise ValueError("reconcile needs the accession number of the order to take")
+        order_row = session.execute(select(Order, Patient).join(Patient, Order.patient_fk == Patient.id)
+                                    .where(Order.accession_number == accession)).first()
+        if order_row is None:
+            raise LookupError(f"no order with accession number {accession}")
+        order, order_patient = order_row
+        study.order_fk, study.patient_fk = order.id, order_patient.id
+        study.accession_number = order.accession_number
+        status = RECONCILED
+    elif decision == "accept":
+        status = ACCEPTED
+    elif decision == "reject":
+        status = REJECTED
+    else:
+        raise ValueError(f"unknown decision {decision!r}")
+    detail["decision"] = {"status": status, "by": actor, "reason": reason, "at": utcnow().isoformat()}
+    study.validation_status = status
+    study.validation_detail = json.dumps(detail)
+    session.add(Change(change_type=f"study-{status}", resource_type="study", resource_uid=study_uid,
+                       created_at=utcnow()))
+    audit(session, f"quarantine-{decision}", "study", study_uid, actor=actor, reason=reason,
+          accession=accession or "")
+    return {"study_instance_uid": study_uid, "validation_status": status}

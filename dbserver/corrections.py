@@ -1,0 +1,54 @@
+"""Demographics corrections applied to objects as they leave the cluster.
+
+Stored objects stay exactly as received. For a study whose demographics the
+RIS owns (verified against its order, or reconciled to one), the patient
+and accession values of the index are written into every object that
+leaves (export, and later C-MOVE/C-GET/WADO), and the values they replace
+are kept in the Original Attributes Sequence (PS3.3 C.12.1.1.9), so an A08
+rename or a reconciliation reaches studies already stored without
+rewriting archived files.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime, timezone
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from dbserver.validation import RECONCILED, VERIFIED
+
+RIS_OWNED = (VERIFIED, RECONCILED)
+_KEYS = {"PatientName": "patient_name", "PatientID": "patient_id", "PatientBirthDate": "patient_birth_date",
+         "PatientSex": "patient_sex", "AccessionNumber": "accession_number"}
+
+
+def outgoing(data: bytes, study: dict[str, Any]) -> bytes:
+    """The object as it should leave: ``data`` itself, or a copy carrying
+    the index's demographics and the replaced values."""
+    if study.get("validation_status") not in RIS_OWNED:
+        return data
+    ds = pydicom.dcmread(io.BytesIO(data))
+    replaced = Dataset()
+    for keyword, key in _KEYS.items():
+        want = str(study.get(key) or "")
+        have = str(ds.get(keyword, "") or "")
+        if want and have != want:
+            setattr(replaced, keyword, have)
+            setattr(ds, keyword, want)
+    if not len(replaced):
+        return data
+    item = Dataset()
+    item.ModifiedAttributesSequence = Sequence([replaced])
+    item.AttributeModificationDateTime = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    item.ModifyingSystem = "PACS Cluster"
+    item.SourceOfPreviousValues = ""
+    item.ReasonForTheAttributeModification = "COERCE"
+    history = list(ds.get("OriginalAttributesSequence", []))
+    ds.OriginalAttributesSequence = Sequence([*history, item])
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
