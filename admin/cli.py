@@ -55,6 +55,25 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _rows(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
+    """Print rows as JSON (every field) or as a table of ``columns``."""
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table()
+    for col in columns:
+        table.add_column(col.replace("_", " "))
+    for row in rows:
+        table.add_row(*(_cell(row.get(c)) for c in columns))
+    out.print(table)
+
+
 def _ready(settings: Settings) -> None:
     """Make sure the schema exists before a command reads it."""
     from dbserver.schema import upgrade
@@ -219,16 +238,7 @@ def node_list(as_json: JsonOpt = False) -> None:
 
     settings = _settings()
     _ready(settings)
-    nodes = list_nodes(settings)
-    if as_json:
-        _print_json(nodes)
-        return
-    table = Table()
-    for col in ("AE title", "host", "port", "roles", "description"):
-        table.add_column(col)
-    for n in nodes:
-        table.add_row(n["ae_title"], n["host"], str(n["port"]), ",".join(n["roles"]), n["description"])
-    out.print(table)
+    _rows(list_nodes(settings), ["ae_title", "host", "port", "roles", "description"], as_json)
 
 
 @node_app.command("remove")
@@ -293,13 +303,6 @@ def study_show(uid: str, as_json: JsonOpt = False) -> None:
 
 
 # --- HIS/RIS ----------------------------------------------------------------------------
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> Table:
-    table = Table()
-    for col in columns:
-        table.add_column(col.replace("_", " "))
-    for row in rows:
-        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
-    return table
 
 
 @ris_app.command("patients")
@@ -309,12 +312,8 @@ def ris_patients(as_json: JsonOpt = False) -> None:
 
     settings = _settings()
     _ready(settings)
-    patients = list_patients(settings)
-    if as_json:
-        _print_json(patients)
-        return
-    out.print(_table(patients, ["patient_id", "issuer_of_patient_id", "patient_name", "patient_birth_date",
-                                "patient_sex"]))
+    _rows(list_patients(settings), ["patient_id", "issuer_of_patient_id", "patient_name", "patient_birth_date",
+                                    "patient_sex"], as_json)
 
 
 @ris_app.command("orders")
@@ -326,12 +325,8 @@ def ris_orders(as_json: JsonOpt = False,
 
     settings = _settings()
     _ready(settings)
-    orders = list_orders(settings, status)
-    if as_json:
-        _print_json(orders)
-        return
-    out.print(_table(orders, ["accession_number", "patient_id", "patient_name", "modality",
-                              "scheduled_station_ae_title", "scheduled_start", "status"]))
+    _rows(list_orders(settings, status), ["accession_number", "patient_id", "patient_name", "modality",
+                                          "scheduled_station_ae_title", "scheduled_start", "status"], as_json)
 
 
 def _decide(uid: str, decision: str, reason: str, accession: str | None = None) -> None:

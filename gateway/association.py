@@ -18,7 +18,6 @@ import select
 import socket
 import struct
 import threading
-import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from gateway import pdu as P
+from services.net import accept_loop
 from gateway.dimse import (
     C_CANCEL_RQ,
     C_ECHO_RQ,
@@ -390,30 +390,23 @@ class Acceptor:
         self._stop = threading.Event()
 
     def serve_forever(self) -> None:
-        self.listen_socket.settimeout(0.5)
-        while not self._stop.is_set():
-            # Several processes accept on this socket. One that is busy lets
-            # an idle one take the next association first, so associations
-            # spread over the processes instead of piling onto one.
-            with self._lock:
-                busy = self._active
-            if busy:
-                time.sleep(min(busy, 8) * ACCEPT_BACKOFF_SECONDS)
-            try:
-                conn, address = self.listen_socket.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._stop.is_set():
-                    return
-                raise
-            conn.settimeout(None)
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self._active += 1
-                over = self._active > self.config.max_associations
-            threading.Thread(target=self._run, args=(conn, address, over), daemon=True,
-                             name=f"assoc-{address[0]}:{address[1]}").start()
+        accept_loop(self.listen_socket, self._stop, self._start, self._backoff)
+
+    def _backoff(self) -> float:
+        """Several processes accept on this socket. One that is busy lets an
+        idle one take the next association first, so associations spread
+        over the processes instead of piling onto one."""
+        with self._lock:
+            return min(self._active, 8) * ACCEPT_BACKOFF_SECONDS
+
+    def _start(self, conn: socket.socket, address: tuple[str, int]) -> None:
+        conn.settimeout(None)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            self._active += 1
+            over = self._active > self.config.max_associations
+        threading.Thread(target=self._run, args=(conn, address, over), daemon=True,
+                         name=f"assoc-{address[0]}:{address[1]}").start()
 
     def _run(self, conn: socket.socket, address: tuple[str, int], over: bool) -> None:
         try:

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from dbserver.models import Hl7Message, Order, Patient, utcnow
 from dbserver.worklist import CANCELLED, COMPLETED, SCHEDULED, OrderFields, save_order
 from services.db import run_in_transaction
+from services.net import accept_loop
 from services.settings import Settings
 
 LOG = logging.getLogger(__name__)
@@ -316,18 +317,11 @@ class Hl7Listener:
         self._stop = threading.Event()
 
     def serve_forever(self) -> None:
-        self.sock.settimeout(0.5)
-        while not self._stop.is_set():
-            try:
-                conn, address = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if self._stop.is_set():
-                    return
-                raise
-            threading.Thread(target=self._serve, args=(conn, address), daemon=True,
-                             name=f"hl7-{address[0]}:{address[1]}").start()
+        accept_loop(self.sock, self._stop, self._start)
+
+    def _start(self, conn: socket.socket, address: Any) -> None:
+        threading.Thread(target=self._serve, args=(conn, address), daemon=True,
+                         name=f"hl7-{address[0]}:{address[1]}").start()
 
     def _serve(self, conn: socket.socket, address: Any) -> None:
         remote = f"{address[0]}:{address[1]}"
