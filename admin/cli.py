@@ -365,6 +365,34 @@ def quarantine_reject(uid: str, reason: Annotated[str, typer.Option(help="why")]
     _decide(uid, "reject", reason)
 
 
+@quarantine_app.command("show")
+def quarantine_show(uid: str, as_json: JsonOpt = False) -> None:
+    """A study's validation: its order, what differs, the decision taken."""
+    from dbserver.queries import show_study
+
+    settings = _settings()
+    _ready(settings)
+    try:
+        study = show_study(settings, uid)
+    except PacsError as exc:
+        _fail(str(exc), 2)
+    if study is None:
+        _fail(f"no study {uid}")
+    summary = {k: study[k] for k in ("study_instance_uid", "accession_number", "patient_id", "patient_name",
+                                     "patient_birth_date", "patient_sex", "validation_status",
+                                     "validation_detail", "num_instances")}
+    if as_json:
+        _print_json(summary)
+        return
+    out.print(f"{uid}: {study['validation_status']}  acc {study['accession_number']}  "
+              f"{study['patient_name']} ({study['patient_id']})")
+    for key, diff in study["validation_detail"].get("differences", {}).items():
+        out.print(f"  {key}: images {diff['images']!r}, RIS {diff['ris']!r}")
+    decision = study["validation_detail"].get("decision")
+    if decision:
+        out.print(f"  {decision['status']} by {decision['by']} at {decision['at']}: {decision['reason']}")
+
+
 @quarantine_app.command("list")
 def quarantine_list(as_json: JsonOpt = False) -> None:
     """Quarantined studies, with what differs from their order."""

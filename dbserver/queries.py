@@ -92,6 +92,7 @@ def show_study(settings: Settings, study_uid: str, actor: str | None = None) -> 
             return None
         study, patient = row
         out = _study_dict(study, patient)
+        out["validation_detail"] = json.loads(study.validation_detail or "{}")
         series_rows = session.scalars(select(Series).where(Series.study_fk == study.id)
                                       .order_by(Series.series_number, Series.id)).all()
         instances = session.scalars(select(Instance).where(Instance.series_fk.in_([s.id for s in series_rows]))

@@ -58,6 +58,11 @@ def test_verified_quarantined_and_unverified(cluster: Cluster, tmp_path: Path) -
     assert quarantined[0]["validation_detail"]["differences"] == {
         "patient_birth_date": {"images": "19710505", "ris": "19700505"}}
     assert "RIS '19700505'" in cluster.pacs("quarantine", "list").stdout
+    shown = cluster.pacs_json("quarantine", "show", bad)
+    assert shown["validation_status"] == "quarantined" and shown["num_instances"] == 1
+    assert shown["validation_detail"]["accession_number"] == "V-2"
+    assert "patient_birth_date: images '19710505', RIS '19700505'" in cluster.pacs("quarantine", "show", bad).stdout
+    assert cluster.pacs("quarantine", "show", "1.2.3.999", check=False).returncode == 1
     # stored all the same: its instance is indexed and archived
     assert cluster.status()["counts"]["instances"] == 3
 
@@ -99,6 +104,8 @@ def test_reconcile_accept_reject_and_renames_reach_exports(cluster: Cluster, tmp
     listed = {s["study_instance_uid"]: s["validation_status"] for s in cluster.studies()}
     assert listed[wrong] == "reconciled" and listed[fine] == "verified" and odd not in listed
     assert cluster.pacs_json("quarantine", "list") == []
+    assert "typo at the modality" in cluster.pacs("quarantine", "show", wrong).stdout
+    assert cluster.pacs_json("quarantine", "show", odd)["validation_detail"]["decision"]["status"] == "rejected"
 
     ds = _export_one(cluster, wrong, tmp_path / "exp-wrong")
     assert ds.PatientName == "RIGHT^RITA"
