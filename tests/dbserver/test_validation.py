@@ -61,7 +61,8 @@ def test_verified_quarantined_and_unverified(cluster: Cluster, tmp_path: Path) -
     shown = cluster.pacs_json("quarantine", "show", bad)
     assert shown["validation_status"] == "quarantined" and shown["num_instances"] == 1
     assert shown["validation_detail"]["accession_number"] == "V-2"
-    assert "patient_birth_date: images '19710505', RIS '19700505'" in cluster.pacs("quarantine", "show", bad).stdout
+    shown_text = " ".join(cluster.pacs("quarantine", "show", bad).stdout.split())
+    assert "patient_birth_date: images '19710505', RIS '19700505'" in shown_text
     assert cluster.pacs("quarantine", "show", "1.2.3.999", check=False).returncode == 1
     # stored all the same: its instance is indexed and archived
     assert cluster.status()["counts"]["instances"] == 3
@@ -104,7 +105,7 @@ def test_reconcile_accept_reject_and_renames_reach_exports(cluster: Cluster, tmp
     listed = {s["study_instance_uid"]: s["validation_status"] for s in cluster.studies()}
     assert listed[wrong] == "reconciled" and listed[fine] == "verified" and odd not in listed
     assert cluster.pacs_json("quarantine", "list") == []
-    assert "typo at the modality" in cluster.pacs("quarantine", "show", wrong).stdout
+    assert "typo at the modality" in " ".join(cluster.pacs("quarantine", "show", wrong).stdout.split())
     assert cluster.pacs_json("quarantine", "show", odd)["validation_detail"]["decision"]["status"] == "rejected"
 
     ds = _export_one(cluster, wrong, tmp_path / "exp-wrong")
