@@ -105,6 +105,7 @@ class Cluster:
             "PACS_STUDY_STABLE_SECONDS": "2",
             "PACS_SPOOL_RESEND_SECONDS": "5",
             "PYTHONUNBUFFERED": "1",
+            "COLUMNS": "200",  # tables and messages printed whole for the tests to read
         })
         if self.backend == "postgres":
             self.pg_db = create_pg_database()

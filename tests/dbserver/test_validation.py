@@ -57,7 +57,7 @@ def test_verified_quarantined_and_unverified(cluster: Cluster, tmp_path: Path) -
     assert [q["study_instance_uid"] for q in quarantined] == [bad]
     assert quarantined[0]["validation_detail"]["differences"] == {
         "patient_birth_date": {"images": "19710505", "ris": "19700505"}}
-    assert "RIS '19700505'" in cluster.pacs("quarantine", "list").stdout
+    assert "RIS '19700505'" in " ".join(cluster.pacs("quarantine", "list").stdout.split())
     shown = cluster.pacs_json("quarantine", "show", bad)
     assert shown["validation_status"] == "quarantined" and shown["num_instances"] == 1
     assert shown["validation_detail"]["accession_number"] == "V-2"
