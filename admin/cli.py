@@ -51,6 +51,20 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _study_or_fail(settings: Settings, uid: str) -> dict[str, Any]:
+    """The study with its series, instances and copies, or exit: 2 for a
+    malformed UID, 1 for an unknown one."""
+    from dbserver.queries import show_study
+
+    try:
+        study = show_study(settings, uid)
+    except PacsError as exc:
+        _fail(str(exc), 2)
+    if study is None:
+        _fail(f"no study {uid}")
+    return study
+
+
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
@@ -279,16 +293,10 @@ def study_list(as_json: JsonOpt = False,
 @study_app.command("show")
 def study_show(uid: str, as_json: JsonOpt = False) -> None:
     """One study: its series, instances and every stored copy."""
-    from dbserver.queries import show_study
 
     settings = _settings()
     _ready(settings)
-    try:
-        study = show_study(settings, uid)
-    except PacsError as exc:
-        _fail(str(exc), 2)
-    if study is None:
-        _fail(f"no study {uid}")
+    study = _study_or_fail(settings, uid)
     if as_json:
         _print_json(study)
         return
@@ -368,16 +376,10 @@ def quarantine_reject(uid: str, reason: Annotated[str, typer.Option(help="why")]
 @quarantine_app.command("show")
 def quarantine_show(uid: str, as_json: JsonOpt = False) -> None:
     """A study's validation: its order, what differs, the decision taken."""
-    from dbserver.queries import show_study
 
     settings = _settings()
     _ready(settings)
-    try:
-        study = show_study(settings, uid)
-    except PacsError as exc:
-        _fail(str(exc), 2)
-    if study is None:
-        _fail(f"no study {uid}")
+    study = _study_or_fail(settings, uid)
     summary = {k: study[k] for k in ("study_instance_uid", "accession_number", "patient_id", "patient_name",
                                      "patient_birth_date", "patient_sex", "validation_status",
                                      "validation_detail", "num_instances")}
@@ -416,18 +418,12 @@ def export(study_uid: str, out_dir: Annotated[Path, typer.Option("--out", help="
     """Write every instance of a study as DIR/<SOPInstanceUID>.dcm: as stored,
     with the RIS demographics applied where the RIS owns them."""
     from dbserver.corrections import outgoing
-    from dbserver.queries import show_study
     from services.dicom import check_uid
     from services.transfer import fetch
 
     settings = _settings()
     _ready(settings)
-    try:
-        study = show_study(settings, study_uid)
-    except PacsError as exc:
-        _fail(str(exc), 2)
-    if study is None:
-        _fail(f"no study {study_uid}")
+    study = _study_or_fail(settings, study_uid)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = failed = 0
     for series in study["series"]:
