@@ -63,6 +63,25 @@ _ORDER_COLUMNS = (
 )
 
 
+def save_patient(session: Session, patient_id: str, issuer_of_patient_id: str, patient_name: str = "",
+                 patient_birth_date: str = "", patient_sex: str = "") -> Patient:
+    """Create the patient (Patient ID within its issuer), or update it with
+    every demographic given (an empty value changes nothing)."""
+    patient = session.scalar(select(Patient).where(
+        Patient.patient_id == patient_id, Patient.issuer_of_patient_id == issuer_of_patient_id))
+    now = utcnow()
+    if patient is None:
+        patient = Patient(patient_id=patient_id, issuer_of_patient_id=issuer_of_patient_id, created_at=now)
+        session.add(patient)
+    for attr, value in (("patient_name", patient_name), ("patient_birth_date", patient_birth_date),
+                        ("patient_sex", patient_sex)):
+        if value:
+            setattr(patient, attr, value)
+    patient.updated_at = now
+    session.flush()
+    return patient
+
+
 def save_order(session: Session, fields: OrderFields) -> Order:
     """Create or update the order with this accession number (and issuer);
     its patient is created or updated from the order's demographics."""
@@ -70,19 +89,9 @@ def save_order(session: Session, fields: OrderFields) -> Order:
         raise ValueError("an order needs an accession number")
     if not fields.patient_id.strip():
         raise ValueError("an order needs a patient ID")
-    patient = session.scalar(select(Patient).where(
-        Patient.patient_id == fields.patient_id, Patient.issuer_of_patient_id == fields.issuer_of_patient_id))
+    patient = save_patient(session, fields.patient_id, fields.issuer_of_patient_id, fields.patient_name,
+                           fields.patient_birth_date, fields.patient_sex)
     now = utcnow()
-    if patient is None:
-        patient = Patient(patient_id=fields.patient_id, issuer_of_patient_id=fields.issuer_of_patient_id,
-                          created_at=now)
-        session.add(patient)
-    for attr in ("patient_name", "patient_birth_date", "patient_sex"):
-        value = getattr(fields, attr)
-        if value:
-            setattr(patient, attr, value)
-    patient.updated_at = now
-    session.flush()
     order = session.scalar(select(Order).where(
         Order.accession_number == fields.accession_number,
         Order.issuer_of_accession_number == fields.issuer_of_accession_number))

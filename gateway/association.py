@@ -280,14 +280,8 @@ class Association:
             except Exception as exc:  # noqa: BLE001 - a handler bug must not kill the association
                 LOG.exception("handler for 0x%04X failed", request.CommandField)
                 result = _failure(0xC000 if request.CommandField == C_STORE_RQ else 0x0110, str(exc))
-            if isinstance(result, Dataset):
-                status = int(result.Status)
-                comment = str(result.get("ErrorComment", "") or "")
-            else:
-                status = int(result)
-        response = encode_response(request, status, comment)
-        for chunk in P.encode_p_data(cx_id, response, True, self.peer_max_pdu):
-            self._send(chunk)
+            status, comment = _status_and_comment(result)
+        self._send_response(request, cx_id, status, comment)
 
 
     def _dispatch_find(self, request: Command, cx_id: int, dataset: list[memoryview]) -> None:
@@ -312,8 +306,7 @@ class Association:
             LOG.exception("C-FIND handler failed")
             status, comment = FIND_FAILED, str(exc)[:64]
         if isinstance(status, Dataset):
-            comment = str(status.get("ErrorComment", "") or "")
-            status = int(status.Status)
+            status, comment = _status_and_comment(status)
         self._send_response(request, cx_id, int(status), comment)
 
     def _send_response(self, request: Command, cx_id: int, status: int, comment: str = "",
@@ -370,6 +363,14 @@ def encode_dataset(ds: Dataset, transfer_syntax: str) -> bytes:
         compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
         data = compressor.compress(data) + compressor.flush()
     return data
+
+
+def _status_and_comment(result: int | Dataset) -> tuple[int, str]:
+    """A handler's answer (a status, or pynetdicom's status Dataset) as
+    (status, error comment)."""
+    if isinstance(result, Dataset):
+        return int(result.Status), str(result.get("ErrorComment", "") or "")
+    return int(result), ""
 
 
 def _failure(status: int, comment: str) -> Dataset:

@@ -31,8 +31,8 @@ import hl7
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dbserver.models import Hl7Message, Order, Patient, utcnow
-from dbserver.worklist import CANCELLED, COMPLETED, SCHEDULED, OrderFields, save_order
+from dbserver.models import Hl7Message, Order, utcnow
+from dbserver.worklist import CANCELLED, COMPLETED, SCHEDULED, OrderFields, save_order, save_patient
 from services.db import run_in_transaction
 from services.net import accept_loop
 from services.settings import Settings
@@ -161,18 +161,7 @@ def _patient_fields(msg: hl7.Message, facility: str) -> dict[str, str]:
 # --- what each message does -----------------------------------------------------------
 def apply_adt(session: Session, msg: hl7.Message, facility: str) -> str:
     fields = _patient_fields(msg, facility)
-    patient = session.scalar(select(Patient).where(
-        Patient.patient_id == fields["patient_id"],
-        Patient.issuer_of_patient_id == fields["issuer_of_patient_id"]))
-    now = utcnow()
-    if patient is None:
-        patient = Patient(created_at=now, **fields)
-        session.add(patient)
-    else:
-        for key, value in fields.items():
-            if value:
-                setattr(patient, key, value)
-    patient.updated_at = now
+    save_patient(session, **fields)
     return f"patient {fields['patient_id']} ({fields['issuer_of_patient_id']})"
 
 
