@@ -7,92 +7,33 @@ one-line message and exit non-zero.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from admin import ris
+from admin._common import JsonOpt, err, fail as _fail, out, print_json as _print_json, ready as _ready
+from admin._common import rows as _rows, settings_or_exit as _settings, study_or_fail as _study_or_fail
 from services.errors import PacsError
-from services.settings import Settings, get_settings
+from services.settings import Settings
 
 app = typer.Typer(help="PACS Cluster administration.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 node_app = typer.Typer(help="Known DICOM nodes (modalities, workstations).", no_args_is_help=True)
 study_app = typer.Typer(help="Studies in the index.", no_args_is_help=True)
-ris_app = typer.Typer(help="What the HIS/RIS told us: patients and orders.", no_args_is_help=True)
-quarantine_app = typer.Typer(help="Studies whose demographics disagree with their order.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-app.add_typer(ris_app, name="ris")
-app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(ris.ris_app, name="ris")
+app.add_typer(ris.quarantine_app, name="quarantine")
+app.add_typer(ris.report_app, name="report")
+app.add_typer(ris.hl7_app, name="hl7")
 app.add_typer(node_app, name="node")
 app.add_typer(study_app, name="study")
 
-out = Console()
-err = Console(stderr=True)
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 SERVICES = ("gateway", "archive", "dbserver")
-
-
-def _settings() -> Settings:
-    try:
-        return get_settings()
-    except PacsError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-
-
-def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(code)
-
-
-def _study_or_fail(settings: Settings, uid: str) -> dict[str, Any]:
-    """The study with its series, instances and copies, or exit: 2 for a
-    malformed UID, 1 for an unknown one."""
-    from dbserver.queries import show_study
-
-    try:
-        study = show_study(settings, uid)
-    except PacsError as exc:
-        _fail(str(exc), 2)
-    if study is None:
-        _fail(f"no study {uid}")
-    return study
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
-
-
-def _rows(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
-    """Print rows as JSON (every field) or as a table of ``columns``."""
-    if as_json:
-        _print_json(rows)
-        return
-    table = Table()
-    for col in columns:
-        table.add_column(col.replace("_", " "))
-    for row in rows:
-        table.add_row(*(_cell(row.get(c)) for c in columns))
-    out.print(table)
-
-
-def _ready(settings: Settings) -> None:
-    """Make sure the schema exists before a command reads it."""
-    from dbserver.schema import upgrade
-
-    upgrade(settings)
 
 
 # --- running the cluster --------------------------------------------------------
@@ -308,108 +249,6 @@ def study_show(uid: str, as_json: JsonOpt = False) -> None:
         for inst in series["instances"]:
             tiers = ",".join(f"{c['tier']}{'✓' if c['verified_at'] else '?'}" for c in inst["copies"]) or "—"
             out.print(f"    {inst['sop_instance_uid']}  {inst['sha256'][:16]}…  {tiers}")
-
-
-# --- HIS/RIS ----------------------------------------------------------------------------
-
-
-@ris_app.command("patients")
-def ris_patients(as_json: JsonOpt = False) -> None:
-    """Patients, from orders and from received studies."""
-    from dbserver.worklist import list_patients
-
-    settings = _settings()
-    _ready(settings)
-    _rows(list_patients(settings), ["patient_id", "issuer_of_patient_id", "patient_name", "patient_birth_date",
-                                    "patient_sex"], as_json)
-
-
-@ris_app.command("orders")
-def ris_orders(as_json: JsonOpt = False,
-               status: Annotated[Optional[str], typer.Option(help="scheduled, cancelled or completed")] = None,
-               ) -> None:
-    """Orders (the modality worklist is made of the scheduled ones)."""
-    from dbserver.worklist import list_orders
-
-    settings = _settings()
-    _ready(settings)
-    _rows(list_orders(settings, status), ["accession_number", "patient_id", "patient_name", "modality",
-                                          "scheduled_station_ae_title", "scheduled_start", "status"], as_json)
-
-
-def _decide(uid: str, decision: str, reason: str, accession: str | None = None) -> None:
-    import getpass
-
-    from dbserver.validation import decide
-    from services.db import run_in_transaction
-
-    settings = _settings()
-    _ready(settings)
-    try:
-        result = run_in_transaction(
-            lambda s: decide(s, uid, decision, f"cli:{getpass.getuser()}", reason, accession), settings)
-    except (LookupError, ValueError) as exc:
-        _fail(str(exc).strip("'\""), 2)
-    out.print(f"{result['study_instance_uid']}: {result['validation_status']}")
-
-
-@quarantine_app.command("reconcile")
-def quarantine_reconcile(uid: str, accession: Annotated[str, typer.Option(help="the order to take")],
-                         reason: Annotated[str, typer.Option(help="why")] = "demographics corrected from the order",
-                         ) -> None:
-    """Give a quarantined study the demographics of an order."""
-    _decide(uid, "reconcile", reason, accession)
-
-
-@quarantine_app.command("accept")
-def quarantine_accept(uid: str, reason: Annotated[str, typer.Option(help="why")]) -> None:
-    """Accept a quarantined study as received."""
-    _decide(uid, "accept", reason)
-
-
-@quarantine_app.command("reject")
-def quarantine_reject(uid: str, reason: Annotated[str, typer.Option(help="why")]) -> None:
-    """Reject a quarantined study: kept, but out of every clinical view."""
-    _decide(uid, "reject", reason)
-
-
-@quarantine_app.command("show")
-def quarantine_show(uid: str, as_json: JsonOpt = False) -> None:
-    """A study's validation: its order, what differs, the decision taken."""
-
-    settings = _settings()
-    _ready(settings)
-    study = _study_or_fail(settings, uid)
-    summary = {k: study[k] for k in ("study_instance_uid", "accession_number", "patient_id", "patient_name",
-                                     "patient_birth_date", "patient_sex", "validation_status",
-                                     "validation_detail", "num_instances")}
-    if as_json:
-        _print_json(summary)
-        return
-    out.print(f"{uid}: {study['validation_status']}  acc {study['accession_number']}  "
-              f"{study['patient_name']} ({study['patient_id']})")
-    for key, diff in study["validation_detail"].get("differences", {}).items():
-        out.print(f"  {key}: images {diff['images']!r}, RIS {diff['ris']!r}")
-    decision = study["validation_detail"].get("decision")
-    if decision:
-        out.print(f"  {decision['status']} by {decision['by']} at {decision['at']}: {decision['reason']}")
-
-
-@quarantine_app.command("list")
-def quarantine_list(as_json: JsonOpt = False) -> None:
-    """Quarantined studies, with what differs from their order."""
-    from dbserver.queries import list_studies
-
-    settings = _settings()
-    _ready(settings)
-    studies = list_studies(settings, quarantined=True)
-    if as_json:
-        _print_json(studies)
-        return
-    for s in studies:
-        diff = s["validation_detail"].get("differences", {})
-        why = "; ".join(f"{k}: images {v['images']!r}, RIS {v['ris']!r}" for k, v in diff.items())
-        out.print(f"{s['study_instance_uid']}  acc {s['accession_number']}  {s['patient_name']}  — {why}")
 
 
 # --- export / import ------------------------------------------------------------------

@@ -5,7 +5,7 @@ RIS owns (verified against its order, or reconciled to one), the patient
 and accession values of the index are written into every object that
 leaves (export, and later C-MOVE/C-GET/WADO), and the values they replace
 are kept in the Original Attributes Sequence (PS3.3 C.12.1.1.9), so an A08
-rename or a reconciliation reaches studies already stored without
+rename, an A40 merge or a reconciliation reaches studies already stored without
 rewriting archived files.
 """
 
@@ -19,17 +19,21 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from dbserver.validation import RECONCILED, VERIFIED
+from dbserver.validation import ACCEPTED, COERCED, HIDDEN, RECONCILED, VERIFIED
 
-RIS_OWNED = (VERIFIED, RECONCILED)
+RIS_OWNED = (VERIFIED, RECONCILED, COERCED)
+AS_RECEIVED = (*HIDDEN, ACCEPTED)  # decided, or to be decided, on the images' own values
 _KEYS = {"PatientName": "patient_name", "PatientID": "patient_id", "PatientBirthDate": "patient_birth_date",
          "PatientSex": "patient_sex", "AccessionNumber": "accession_number"}
 
 
 def outgoing(data: bytes, study: dict[str, Any]) -> bytes:
     """The object as it should leave: ``data`` itself, or a copy carrying
-    the index's demographics and the replaced values."""
-    if study.get("validation_status") not in RIS_OWNED:
+    the index's demographics and the replaced values. They apply when the
+    study's order vouches for them, or when its patient is one the HIS/RIS
+    manages (ADT: an A08 rename, an A40 merge)."""
+    status = study.get("validation_status")
+    if status not in RIS_OWNED and not (study.get("patient_from_ris") and status not in AS_RECEIVED):
         return data
     ds = pydicom.dcmread(io.BytesIO(data))
     replaced = Dataset()

@@ -79,8 +79,28 @@ class Patient(Base):
     patient_sex: Mapped[str] = mapped_column(String(16), default="")
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+    # set when the HIS/RIS created or changed this patient (ADT, orders, worklist):
+    # its demographics then go out with every object of its studies
+    ris_updated_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
 
     studies: Mapped[list[Study]] = relationship(back_populates="patient")
+
+
+class PatientPriorId(Base):
+    """A Patient ID a patient no longer has: merged into another (ADT^A40)
+    or changed (ADT^A47). Kept so that the old identifier still finds the
+    patient."""
+
+    __tablename__ = "patient_prior_ids"
+    __table_args__ = (Index("ix_patient_prior_ids_key", "patient_id", "issuer_of_patient_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_fk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
+    event: Mapped[str] = mapped_column(String(8))  # A40 | A47
+    message_control_id: Mapped[str] = mapped_column(String(64), default="")
+    replaced_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
 
 
 class Study(Base):
@@ -110,6 +130,8 @@ class Study(Base):
     validation_status: Mapped[str] = mapped_column(String(16), default="unverified", index=True)
     validation_detail: Mapped[str] = mapped_column(Text, default="")
     order_fk: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), nullable=True)
+    # reading workflow: unread | read | dictated | reported
+    reading_status: Mapped[str] = mapped_column(String(16), default="unread")
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
 
     patient: Mapped[Patient] = relationship(back_populates="studies")
@@ -274,6 +296,7 @@ class Order(Base):
     scheduled_performing_physician_name: Mapped[str] = mapped_column(String(324), default="")
     referring_physician_name: Mapped[str] = mapped_column(String(324), default="")
     status: Mapped[str] = mapped_column(String(16), default="scheduled")  # scheduled | cancelled | completed
+    source: Mapped[str] = mapped_column(String(8), default="hl7")  # hl7 | mwl (external RIS worklist) | cli
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
 
@@ -296,3 +319,58 @@ class Hl7Message(Base):
     ack_code: Mapped[str] = mapped_column(String(2), default="")  # AA | AE | AR
     error: Mapped[str] = mapped_column(Text, default="")
     raw: Mapped[str] = mapped_column(Text, default="")
+
+
+class RisDomain(Base):
+    """One HIS/RIS domain: the assigning authority of its Patient IDs and
+    accession numbers, the sending facility (MSH-4) its messages carry, and
+    where its reports go (ORU^R01 over MLLP)."""
+
+    __tablename__ = "ris_domains"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    issuer: Mapped[str] = mapped_column(String(64), unique=True)
+    sending_facility: Mapped[str] = mapped_column(String(255), default="", index=True)
+    report_host: Mapped[str] = mapped_column(String(255), default="")
+    report_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    receiving_application: Mapped[str] = mapped_column(String(64), default="")
+    description: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
+class Report(Base):
+    """A radiology report on a study."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_fk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="final")  # final (preliminary later)
+    author: Mapped[str] = mapped_column(String(324))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+
+
+class Hl7Outbox(Base):
+    """An HL7 message to deliver, kept until the receiver answers AA. A
+    sender claims a row with a lease (``lease_until``), so several gateways
+    never send the same row at once; the message control ID stays the same
+    on every attempt, so a receiver can tell a repeat."""
+
+    __tablename__ = "hl7_outbox"
+    __table_args__ = (Index("ix_hl7_outbox_due", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_control_id: Mapped[str] = mapped_column(String(64), unique=True)
+    message_type: Mapped[str] = mapped_column(String(32))
+    report_fk: Mapped[int | None] = mapped_column(ForeignKey("reports.id"), nullable=True)
+    issuer: Mapped[str] = mapped_column(String(64), default="")  # the domain it goes to
+    raw: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(8), default="waiting")  # waiting | sent
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+    lease_until: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    destination: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)

@@ -43,6 +43,7 @@ def _study_dict(study: Study, patient: Patient) -> dict[str, Any]:
         "patient_name": patient.patient_name,
         "patient_birth_date": patient.patient_birth_date,
         "patient_sex": patient.patient_sex,
+        "patient_from_ris": patient.ris_updated_at is not None,
         "accession_number": study.accession_number,
         "study_date": study.study_date,
         "study_time": study.study_time,
@@ -53,6 +54,7 @@ def _study_dict(study: Study, patient: Patient) -> dict[str, Any]:
         "size_bytes": study.size_bytes,
         "stable": study.stable,
         "validation_status": study.validation_status,
+        "reading_status": study.reading_status,
         "last_received_at": study.last_received_at.isoformat(),
     }
 

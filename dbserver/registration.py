@@ -192,7 +192,7 @@ def _register(session: Session, batch: list[dict[str, Any]], settings: Settings)
         session.execute(Change.__table__.insert(), changes)
     new_studies = {study_ids[uid] for uid in study_uids - set(known_studies)}
     if new_studies:
-        validate_studies(session, new_studies)
+        validate_studies(session, new_studies, settings)
     if touched_studies:
         refresh_aggregates(session, touched_studies,
                            stable_at=now + timedelta(seconds=settings.study_stable_seconds), now=now)

@@ -5,9 +5,16 @@ A new study is matched to an order by its Accession Number and compared on
 Patient ID, normalized name, birth date and sex:
 
 * ``verified`` — an order matches and every compared value agrees;
-* ``quarantined`` — an order matches but a value differs: the study is
+* ``quarantined`` — an order matches but a value differs
+  (``PACS_VALIDATION_POLICY=quarantine``, the default): the study is
   stored, hidden from clinical views, and listed for administrators;
-* ``unverified`` — no accession number, or no order for it.
+* ``coerced`` — the same, under ``PACS_VALIDATION_POLICY=coerce``: the
+  study takes the order's demographics, applied to every object that
+  leaves, with the received values in the Original Attributes Sequence;
+* ``unverified`` — no accession number, or no order for it;
+* ``pending`` — no order here, and the external RIS
+  (``PACS_RIS_MWL_AE``) is asked by Modality Worklist C-FIND; retried
+  until it answers (:mod:`dbserver.ris_lookup`).
 
 A study is never refused for its demographics.
 """
@@ -22,8 +29,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dbserver.models import Change, Order, Patient, Study, utcnow
+from dbserver.patients import prior_ids
+from services.settings import Settings
 
 VERIFIED = "verified"
+PENDING = "pending"  # the external RIS is to be asked
+COERCED = "coerced"  # mismatch under the coerce policy: the order's demographics taken
 QUARANTINED = "quarantined"
 UNVERIFIED = "unverified"
 RECONCILED = "reconciled"  # quarantined, then given its order's demographics
@@ -45,11 +56,14 @@ def normalize_name(name: str) -> str:
     return "^".join(parts)
 
 
-def differences(patient: Patient, order_patient: Patient) -> dict[str, dict[str, str]]:
+def differences(patient: Patient, order_patient: Patient,
+                earlier_ids: set[str] = frozenset()) -> dict[str, dict[str, str]]:  # type: ignore[assignment]
     """What the images say and what the RIS says, where they differ. An
-    empty value on either side is not a difference (nothing to compare)."""
+    empty value on either side is not a difference (nothing to compare),
+    nor a Patient ID the RIS patient had before (``earlier_ids``: merged
+    or changed)."""
     out: dict[str, dict[str, str]] = {}
-    if patient.patient_id != order_patient.patient_id:
+    if patient.patient_id != order_patient.patient_id and patient.patient_id not in earlier_ids:
         out["patient_id"] = {"images": patient.patient_id, "ris": order_patient.patient_id}
     if normalize_name(patient.patient_name) != normalize_name(order_patient.patient_name):
         out["patient_name"] = {"images": patient.patient_name, "ris": order_patient.patient_name}
@@ -72,9 +86,12 @@ def _order_for(session: Session, study: Study, patient: Patient) -> tuple[Order,
     return rows[0][0], rows[0][1]
 
 
-def validate_studies(session: Session, study_ids: set[int]) -> dict[str, str]:
+def validate_studies(session: Session, study_ids: set[int], settings: Settings,
+                     ask_ris: bool = True) -> dict[str, str]:
     """Validate these (new) studies in the caller's transaction; returns
-    study UID -> outcome."""
+    study UID -> outcome. With ``ask_ris`` and an external RIS configured, a
+    study without a local order becomes ``pending`` instead of
+    ``unverified``."""
     outcomes: dict[str, str] = {}
     now = utcnow()
     for study, patient in session.execute(select(Study, Patient).join(Patient, Study.patient_fk == Patient.id)
@@ -82,14 +99,23 @@ def validate_studies(session: Session, study_ids: set[int]) -> dict[str, str]:
         found = _order_for(session, study, patient) if study.accession_number else None
         detail: dict[str, Any] = {}
         if found is None:
-            status = UNVERIFIED
-            detail = {"reason": "no accession number" if not study.accession_number else "no order"}
+            if study.accession_number and ask_ris and settings.ris_mwl_ae:
+                status = PENDING
+                detail = {"reason": f"asking the RIS worklist {settings.ris_mwl_ae}"}
+            else:
+                status = UNVERIFIED
+                detail = {"reason": "no accession number" if not study.accession_number else "no order"}
         else:
             order, order_patient = found
             study.order_fk = order.id
-            diff = differences(patient, order_patient)
-            status = QUARANTINED if diff else VERIFIED
-            if not diff:  # the RIS is the master of demographics from now on (A08, A40)
+            diff = differences(patient, order_patient, prior_ids(session, order_patient))
+            if not diff:
+                status = VERIFIED
+            elif settings.validation_policy == "coerce":
+                status = COERCED
+            else:
+                status = QUARANTINED
+            if status != QUARANTINED:  # the RIS is the master of demographics from now on (A08, A40)
                 study.patient_fk = order_patient.id
             detail = {"accession_number": order.accession_number,
                       "issuer_of_accession_number": order.issuer_of_accession_number, "differences": diff}

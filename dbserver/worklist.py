@@ -20,7 +20,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dbserver.models import Order, Patient, utcnow
+from dbserver.models import Order, Patient, PatientPriorId, utcnow
 from services.db import run_in_transaction, unit_of_work
 from services.settings import Settings
 
@@ -52,6 +52,7 @@ class OrderFields:
     scheduled_performing_physician_name: str = ""
     referring_physician_name: str = ""
     status: str = SCHEDULED
+    source: str = "hl7"  # hl7 | mwl | cli
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -59,14 +60,15 @@ _ORDER_COLUMNS = (
     "placer_order_number", "filler_order_number", "requested_procedure_id", "requested_procedure_description",
     "scheduled_procedure_step_id", "scheduled_procedure_step_description", "modality",
     "scheduled_station_ae_title", "scheduled_station_name", "scheduled_start",
-    "scheduled_performing_physician_name", "referring_physician_name", "status",
+    "scheduled_performing_physician_name", "referring_physician_name", "status", "source",
 )
 
 
 def save_patient(session: Session, patient_id: str, issuer_of_patient_id: str, patient_name: str = "",
                  patient_birth_date: str = "", patient_sex: str = "") -> Patient:
     """Create the patient (Patient ID within its issuer), or update it with
-    every demographic given (an empty value changes nothing)."""
+    every demographic given (an empty value changes nothing). The HIS/RIS
+    is then the master of this patient's demographics."""
     patient = session.scalar(select(Patient).where(
         Patient.patient_id == patient_id, Patient.issuer_of_patient_id == issuer_of_patient_id))
     now = utcnow()
@@ -77,7 +79,7 @@ def save_patient(session: Session, patient_id: str, issuer_of_patient_id: str, p
                         ("patient_sex", patient_sex)):
         if value:
             setattr(patient, attr, value)
-    patient.updated_at = now
+    patient.updated_at = patient.ris_updated_at = now
     session.flush()
     return patient
 
@@ -173,7 +175,8 @@ def worklist_matches(settings: Settings, query: Dataset) -> list[Dataset]:
     times = _time_range(_text(sps_query, "ScheduledProcedureStepStartTime"))
     with unit_of_work(settings) as session:
         stmt = (select(Order, Patient).join(Patient, Order.patient_fk == Patient.id)
-                .where(Order.status == SCHEDULED).order_by(Order.scheduled_start, Order.id))
+                .where(Order.status == SCHEDULED, Order.source != "mwl")  # the RIS serves its own
+                .order_by(Order.scheduled_start, Order.id))
         if dates is not None:
             low, high = dates
             if low is not None:
@@ -262,13 +265,20 @@ def list_orders(settings: Settings, status: str | None = None) -> list[dict[str,
             "requested_procedure_description": o.requested_procedure_description,
             "modality": o.modality, "scheduled_station_ae_title": o.scheduled_station_ae_title,
             "scheduled_start": o.scheduled_start.isoformat() if o.scheduled_start else None,
-            "status": o.status,
+            "status": o.status, "source": o.source,
         } for o, p in session.execute(stmt)]
 
 
 def list_patients(settings: Settings) -> list[dict[str, Any]]:
+    """Every patient, with the identifiers it no longer has (merged, changed)."""
     with unit_of_work(settings) as session:
+        prior: dict[int, list[dict[str, str]]] = {}
+        for row in session.scalars(select(PatientPriorId).order_by(PatientPriorId.id)):
+            prior.setdefault(row.patient_fk, []).append({
+                "patient_id": row.patient_id, "issuer_of_patient_id": row.issuer_of_patient_id,
+                "event": row.event})
         return [{"patient_id": p.patient_id, "issuer_of_patient_id": p.issuer_of_patient_id,
                  "patient_name": p.patient_name, "patient_birth_date": p.patient_birth_date,
-                 "patient_sex": p.patient_sex}
+                 "patient_sex": p.patient_sex, "from_ris": p.ris_updated_at is not None,
+                 "prior_ids": prior.get(p.id, [])}
                 for p in session.scalars(select(Patient).order_by(Patient.patient_name, Patient.id))]

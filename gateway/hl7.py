@@ -12,11 +12,14 @@ with python-hl7, logged raw, applied in one transaction and answered:
   unparseable date, no order identifier) — nothing of it is applied;
 * ``AR`` when its type is not one we take, or it cannot be parsed.
 
-Taken: ADT^A01/A04/A08/A31 (patient created or updated), ORM^O01 and
-OMI^O23 (orders: ORC-1 NW new, XO changed, CA cancelled, SC status).
-Patient identifiers are scoped by their assigning authority (PID-3.4), or
-by the sending facility (MSH-4) when none is given: the same Patient ID in
-two RIS domains is two patients.
+Taken: ADT^A01/A04/A08/A31 (patient created or updated), ADT^A40 (merge:
+the patient of MRG-1 into the one of PID-3, with every study and order),
+ADT^A47 (the identifier of MRG-1 becomes PID-3's), ORM^O01 and OMI^O23
+(orders: ORC-1 NW new, XO changed, CA cancelled, SC status).
+Patient identifiers are scoped by their assigning authority (PID-3.4), else
+by the RIS domain of the sending facility (``pacs ris domain add ISSUER
+--facility MSH-4``), else by the sending facility itself: the same Patient
+ID in two RIS domains is two patients.
 """
 
 from __future__ import annotations
@@ -31,50 +34,17 @@ import hl7
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dbserver.models import Hl7Message, Order, utcnow
+from dbserver.models import Hl7Message, Order, RisDomain, utcnow
+from dbserver.patients import PatientIdentityError, change_patient_id, merge_patients
 from dbserver.worklist import CANCELLED, COMPLETED, SCHEDULED, OrderFields, save_order, save_patient
 from services.db import run_in_transaction
+from services.mllp import FrameReader, FrameTooLarge, escape, frame
 from services.net import accept_loop
 from services.settings import Settings
 
+__all__ = ["FrameReader", "FrameTooLarge", "Hl7Listener", "frame", "handle", "start"]
+
 LOG = logging.getLogger(__name__)
-
-VT, FS, CR = 0x0B, 0x1C, 0x0D
-
-
-class FrameTooLarge(Exception):
-    pass
-
-
-class FrameReader:
-    """Cuts a byte stream into MLLP frames."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.buf = bytearray()
-
-    def feed(self, data: bytes) -> list[bytes]:
-        self.buf += data
-        frames = []
-        while True:
-            start = self.buf.find(VT)
-            if start < 0:
-                self.buf.clear()  # nothing but bytes outside a frame
-                return frames
-            if start:
-                del self.buf[:start]
-            end = self.buf.find(bytes([FS, CR]), 1)
-            if end < 0:
-                if len(self.buf) > self.max_bytes + 1:
-                    raise FrameTooLarge(f"an HL7 message longer than {self.max_bytes} bytes")
-                return frames
-            frames.append(bytes(self.buf[1:end]))
-            del self.buf[:end + 2]
-
-
-def frame(message: str) -> bytes:
-    return bytes([VT]) + message.encode("utf-8") + bytes([FS, CR])
-
 
 class Hl7Error(Exception):
     """The message cannot be applied: answered AE with an ERR segment.
@@ -145,35 +115,76 @@ def _person_name(msg: hl7.Message, segment: str, field: int) -> str:
 _SEX = {"M": "M", "F": "F", "O": "O", "U": "", "A": "O", "N": ""}
 
 
-def _patient_fields(msg: hl7.Message, facility: str) -> dict[str, str]:
+def _patient_fields(msg: hl7.Message, issuer: str) -> dict[str, str]:
     patient_id = _field(msg, "PID", 3, 1)
     if not patient_id:
         raise Hl7Error("PID-3 (patient identifier) is missing", "PID^1^3", "101")
     return {
         "patient_id": patient_id,
-        "issuer_of_patient_id": _field(msg, "PID", 3, 4) or facility,
+        "issuer_of_patient_id": _field(msg, "PID", 3, 4) or issuer,
         "patient_name": _person_name(msg, "PID", 5),
         "patient_birth_date": _date(_field(msg, "PID", 7), "PID-7"),
         "patient_sex": _SEX.get(_field(msg, "PID", 8).upper()[:1], ""),
     }
 
 
+def domain_issuer(session: Session, facility: str) -> str:
+    """The assigning authority of a sending facility's RIS domain (the
+    facility itself when no domain names it)."""
+    if not facility:
+        return ""
+    issuer = session.scalar(select(RisDomain.issuer).where(RisDomain.sending_facility == facility))
+    return issuer or facility
+
+
 # --- what each message does -----------------------------------------------------------
-def apply_adt(session: Session, msg: hl7.Message, facility: str) -> str:
-    fields = _patient_fields(msg, facility)
+def apply_adt(session: Session, msg: hl7.Message, issuer: str) -> str:
+    fields = _patient_fields(msg, issuer)
     save_patient(session, **fields)
     return f"patient {fields['patient_id']} ({fields['issuer_of_patient_id']})"
+
+
+def _prior(msg: hl7.Message, issuer: str) -> tuple[str, str]:
+    prior_id = _field(msg, "MRG", 1, 1)
+    if not prior_id:
+        raise Hl7Error("MRG-1 (prior patient identifier) is missing", "MRG^1^1", "101")
+    return prior_id, _field(msg, "MRG", 1, 4) or issuer
+
+
+def apply_merge(session: Session, msg: hl7.Message, issuer: str) -> str:
+    """ADT^A40: the patient of MRG-1 merges into the patient of PID-3."""
+    fields = _patient_fields(msg, issuer)
+    prior_id, prior_issuer = _prior(msg, issuer)
+    survivor = save_patient(session, **fields)
+    try:
+        moved = merge_patients(session, survivor, prior_id, prior_issuer, _field(msg, "MSH", 10))
+    except PatientIdentityError as exc:
+        raise Hl7Error(str(exc), "MRG^1^1", "204") from None
+    return f"patient {prior_id} merged into {fields['patient_id']}, {moved} studies moved"
+
+
+def apply_change_id(session: Session, msg: hl7.Message, issuer: str) -> str:
+    """ADT^A47: the patient of MRG-1 is known as PID-3 from now on."""
+    fields = _patient_fields(msg, issuer)
+    prior_id, prior_issuer = _prior(msg, issuer)
+    try:
+        change_patient_id(session, prior_id, prior_issuer, fields["patient_id"], _field(msg, "MSH", 10))
+    except PatientIdentityError as exc:
+        raise Hl7Error(str(exc), "MRG^1^1" if "MRG" in str(exc) else "PID^1^3", "204") from None
+    fields["issuer_of_patient_id"] = prior_issuer
+    save_patient(session, **fields)
+    return f"patient {prior_id} is now {fields['patient_id']}"
 
 
 _STATUS = {"NW": SCHEDULED, "XO": SCHEDULED, "CA": CANCELLED, "OC": CANCELLED, "DC": CANCELLED}
 _ORDER_STATUS = {"CM": COMPLETED, "CA": CANCELLED, "DC": CANCELLED, "IP": SCHEDULED, "SC": SCHEDULED}
 
 
-def apply_order(session: Session, msg: hl7.Message, facility: str) -> str:
+def apply_order(session: Session, msg: hl7.Message, issuer: str) -> str:
     control = _field(msg, "ORC", 1).upper()
     if control not in ("NW", "XO", "CA", "OC", "DC", "SC"):
         raise Hl7Error(f"ORC-1 order control {control!r} is not one of NW, XO, CA, SC", "ORC^1^1", "103")
-    patient = _patient_fields(msg, facility)
+    patient = _patient_fields(msg, issuer)
     omi = _has_segment(msg, "IPC")
     if omi:
         accession = _field(msg, "IPC", 1)
@@ -190,7 +201,6 @@ def apply_order(session: Session, msg: hl7.Message, facility: str) -> str:
                           "ORC-7")
     if not accession:
         raise Hl7Error("no accession number (OBR-18 or IPC-1)", "IPC^1^1" if omi else "OBR^1^18", "101")
-    issuer = facility
     existing = session.scalar(select(Order).where(Order.accession_number == accession,
                                                   Order.issuer_of_accession_number == issuer))
     if control == "SC":
@@ -216,7 +226,8 @@ def apply_order(session: Session, msg: hl7.Message, facility: str) -> str:
 
 HANDLERS = {
     ("ADT", "A01"): apply_adt, ("ADT", "A04"): apply_adt, ("ADT", "A08"): apply_adt,
-    ("ADT", "A31"): apply_adt, ("ORM", "O01"): apply_order, ("OMI", "O23"): apply_order,
+    ("ADT", "A31"): apply_adt, ("ADT", "A40"): apply_merge, ("ADT", "A47"): apply_change_id,
+    ("ORM", "O01"): apply_order, ("OMI", "O23"): apply_order,
 }
 
 
@@ -230,12 +241,6 @@ def _log(session: Session, raw: str, remote: str, msg: hl7.Message | None, ack: 
         sending_facility=_field(msg, "MSH", 4) if msg else ""))
 
 
-def _escape(text: str) -> str:
-    """HL7 escape sequences for the delimiters (v2.5 §2.7)."""
-    return (text.replace("\\", "\\E\\").replace("|", "\\F\\").replace("^", "\\S\\")
-            .replace("&", "\\T\\").replace("~", "\\R\\").replace("\r", " ").replace("\n", " "))
-
-
 def _ack(msg: hl7.Message | None, code: str, text: str = "", error: Hl7Error | None = None) -> str:
     now = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
     control = hl7.generate_message_control_id()
@@ -247,7 +252,7 @@ def _ack(msg: hl7.Message | None, code: str, text: str = "", error: Hl7Error | N
     else:
         head = f"MSH|^~\\&|PACS||||{now}||ACK|{control}|P|2.5"
         acked = ""
-    text = _escape(text)
+    text = escape(text)
     segments = [head, f"MSA|{code}|{acked}|{text[:80]}"]
     if code != "AA":
         location = error.location if error else ""
@@ -280,7 +285,7 @@ def handle(raw_bytes: bytes, settings: Settings, remote: str = "") -> str:
         parsed = msg
 
         def work(session: Session) -> str:
-            what = handler(session, parsed, facility)
+            what = handler(session, parsed, domain_issuer(session, facility))
             _log(session, raw, remote, parsed, "AA", "")
             return what
 

@@ -1,4 +1,5 @@
-"""``pacs serve gateway``: the DICOM listener and the HL7 MLLP listener.
+"""``pacs serve gateway``: the DICOM listener, the HL7 MLLP listener and the
+HL7 outbox sender (reports to the RIS).
 
 The parent binds PACS_DICOM_PORT once and starts PACS_GATEWAY_PROCESSES
 listener processes that accept on the same socket (pynetdicom spends a few
@@ -13,13 +14,15 @@ import signal
 import socket
 import threading
 
-from gateway import hl7, scp
+from gateway import hl7, outbox, scp
 from gateway.ingest import Ingestor
 from services.heartbeat import start_heartbeat
 from services.settings import Settings
 from services.supervisor import Child, Supervisor, die_with_parent, python_argv
+from services.worker import ticker
 
 LOG = logging.getLogger(__name__)
+OUTBOX_INTERVAL = 1.0  # seconds between rounds of the HL7 outbox sender
 
 
 def serve(settings: Settings) -> None:
@@ -32,6 +35,7 @@ def serve(settings: Settings) -> None:
                 for i in range(settings.gateway_processes)]
     LOG.info("DICOM port %s: %d listener processes", settings.dicom_port, len(children))
     hl7.start(settings)
+    ticker("hl7-outbox", OUTBOX_INTERVAL, lambda: outbox.deliver_due(settings))
     start_heartbeat(settings, "gateway", {"port": settings.dicom_port, "ae_title": settings.dicom_ae_title})
     Supervisor(children).run()
 

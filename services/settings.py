@@ -25,6 +25,7 @@ from services.errors import ConfigurationError
 
 DuplicatePolicy = Literal["keep-first", "overwrite", "reject"]
 TransferMode = Literal["auto", "local", "http"]
+ValidationPolicy = Literal["quarantine", "coerce"]
 
 
 class Settings(BaseSettings):
@@ -52,6 +53,19 @@ class Settings(BaseSettings):
     hl7_port: int = Field(2575, ge=1, le=65535)
     hl7_max_message_bytes: int = Field(1024 * 1024, ge=1024)
     hl7_idle_seconds: float = Field(300.0, gt=0)
+    hl7_facility: str = "PACS"  # MSH-4 of what we send
+    # reports to the RIS: retried with exponential backoff up to this long between attempts
+    hl7_retry_max_seconds: float = Field(300.0, gt=0)
+    hl7_send_timeout_seconds: float = Field(10.0, gt=0)
+
+    # --- HIS/RIS validation -----------------------------------------------
+    validation_policy: ValidationPolicy = "quarantine"
+    # an external RIS asked by Modality Worklist C-FIND (empty AE title: none)
+    ris_mwl_ae: str = ""
+    ris_mwl_host: str = "127.0.0.1"
+    ris_mwl_port: int = Field(104, ge=1, le=65535)
+    ris_mwl_issuer: str = ""  # issuer of its Patient IDs when it names none; default its AE title
+    ris_retry_seconds: float = Field(15.0, gt=0)  # pending studies asked again this often
 
     # --- other ports -------------------------------------------------------
     http_port: int = Field(8080, ge=1, le=65535)

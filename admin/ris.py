@@ -1,0 +1,240 @@
+"""``pacs ris``, ``pacs quarantine``, ``pacs report`` and ``pacs hl7``: what
+the HIS/RIS told us, the studies that disagree with it, and what we send
+back."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from admin._common import JsonOpt, fail as _fail, out, print_json as _print_json, ready as _ready
+from admin._common import rows as _rows, settings_or_exit as _settings, study_or_fail as _study_or_fail
+
+ris_app = typer.Typer(help="What the HIS/RIS told us: domains, patients, orders, messages.", no_args_is_help=True)
+quarantine_app = typer.Typer(help="Studies whose demographics disagree with their order.", no_args_is_help=True)
+report_app = typer.Typer(help="Reports on studies (sent to the RIS as ORU^R01).", no_args_is_help=True)
+hl7_app = typer.Typer(help="HL7 messages to the RIS.", no_args_is_help=True)
+
+
+@ris_app.command("patients")
+def ris_patients(as_json: JsonOpt = False) -> None:
+    """Patients, from orders and from received studies."""
+    from dbserver.worklist import list_patients
+
+    settings = _settings()
+    _ready(settings)
+    _rows(list_patients(settings), ["patient_id", "issuer_of_patient_id", "patient_name", "patient_birth_date",
+                                    "patient_sex"], as_json)
+
+
+@ris_app.command("orders")
+def ris_orders(as_json: JsonOpt = False,
+               status: Annotated[Optional[str], typer.Option(help="scheduled, cancelled or completed")] = None,
+               ) -> None:
+    """Orders (the modality worklist is made of the scheduled ones)."""
+    from dbserver.worklist import list_orders
+
+    settings = _settings()
+    _ready(settings)
+    _rows(list_orders(settings, status), ["accession_number", "patient_id", "patient_name", "modality",
+                                          "scheduled_station_ae_title", "scheduled_start", "status"], as_json)
+
+
+def _decide(uid: str, decision: str, reason: str, accession: str | None = None) -> None:
+    import getpass
+
+    from dbserver.validation import decide
+    from services.db import run_in_transaction
+
+    settings = _settings()
+    _ready(settings)
+    try:
+        result = run_in_transaction(
+            lambda s: decide(s, uid, decision, f"cli:{getpass.getuser()}", reason, accession), settings)
+    except (LookupError, ValueError) as exc:
+        _fail(str(exc).strip("'\""), 2)
+    out.print(f"{result['study_instance_uid']}: {result['validation_status']}")
+
+
+@quarantine_app.command("reconcile")
+def quarantine_reconcile(uid: str, accession: Annotated[str, typer.Option(help="the order to take")],
+                         reason: Annotated[str, typer.Option(help="why")] = "demographics corrected from the order",
+                         ) -> None:
+    """Give a quarantined study the demographics of an order."""
+    _decide(uid, "reconcile", reason, accession)
+
+
+@quarantine_app.command("accept")
+def quarantine_accept(uid: str, reason: Annotated[str, typer.Option(help="why")]) -> None:
+    """Accept a quarantined study as received."""
+    _decide(uid, "accept", reason)
+
+
+@quarantine_app.command("reject")
+def quarantine_reject(uid: str, reason: Annotated[str, typer.Option(help="why")]) -> None:
+    """Reject a quarantined study: kept, but out of every clinical view."""
+    _decide(uid, "reject", reason)
+
+
+@quarantine_app.command("show")
+def quarantine_show(uid: str, as_json: JsonOpt = False) -> None:
+    """A study's validation: its order, what differs, the decision taken."""
+
+    settings = _settings()
+    _ready(settings)
+    study = _study_or_fail(settings, uid)
+    summary = {k: study[k] for k in ("study_instance_uid", "accession_number", "patient_id", "patient_name",
+                                     "patient_birth_date", "patient_sex", "validation_status",
+                                     "validation_detail", "num_instances")}
+    if as_json:
+        _print_json(summary)
+        return
+    out.print(f"{uid}: {study['validation_status']}  acc {study['accession_number']}  "
+              f"{study['patient_name']} ({study['patient_id']})")
+    for key, diff in study["validation_detail"].get("differences", {}).items():
+        out.print(f"  {key}: images {diff['images']!r}, RIS {diff['ris']!r}")
+    decision = study["validation_detail"].get("decision")
+    if decision:
+        out.print(f"  {decision['status']} by {decision['by']} at {decision['at']}: {decision['reason']}")
+
+
+@quarantine_app.command("list")
+def quarantine_list(as_json: JsonOpt = False) -> None:
+    """Quarantined studies, with what differs from their order."""
+    from dbserver.queries import list_studies
+
+    settings = _settings()
+    _ready(settings)
+    studies = list_studies(settings, quarantined=True)
+    if as_json:
+        _print_json(studies)
+        return
+    for s in studies:
+        diff = s["validation_detail"].get("differences", {})
+        why = "; ".join(f"{k}: images {v['images']!r}, RIS {v['ris']!r}" for k, v in diff.items())
+        out.print(f"{s['study_instance_uid']}  acc {s['accession_number']}  {s['patient_name']}  — {why}")
+
+
+# --- RIS domains and the message log --------------------------------------------------------
+domain_app = typer.Typer(help="RIS domains: issuer, sending facility, where reports go.", no_args_is_help=True)
+ris_app.add_typer(domain_app, name="domain")
+
+
+@domain_app.command("add")
+def domain_add(
+    issuer: Annotated[str, typer.Argument(help="assigning authority of the domain's Patient IDs")],
+    facility: Annotated[str, typer.Option(help="the sending facility (MSH-4) of its HL7 messages")] = "",
+    report_host: Annotated[str, typer.Option(help="where its reports go (MLLP host)")] = "",
+    report_port: Annotated[Optional[int], typer.Option(help="MLLP port of its report receiver")] = None,
+    application: Annotated[str, typer.Option(help="receiving application (MSH-5) of reports")] = "",
+    description: str = "",
+) -> None:
+    """Add or change a RIS domain."""
+    from dbserver.domains import add_domain
+
+    settings = _settings()
+    _ready(settings)
+    try:
+        domain = add_domain(settings, issuer, facility, report_host, report_port, application, description)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    out.print(f"domain {domain['issuer']}: facility {domain['sending_facility'] or '—'}, "
+              f"reports to {domain['report_to'] or '—'}")
+
+
+@domain_app.command("list")
+def domain_list(as_json: JsonOpt = False) -> None:
+    """List the RIS domains."""
+    from dbserver.domains import list_domains
+
+    settings = _settings()
+    _ready(settings)
+    _rows(list_domains(settings), ["issuer", "sending_facility", "report_to", "receiving_application",
+                                   "description"], as_json)
+
+
+@domain_app.command("remove")
+def domain_remove(issuer: str) -> None:
+    """Remove a RIS domain."""
+    from dbserver.domains import remove_domain
+
+    settings = _settings()
+    _ready(settings)
+    if not remove_domain(settings, issuer):
+        _fail(f"no domain {issuer!r}")
+    out.print(f"removed {issuer}")
+
+
+@ris_app.command("messages")
+def ris_messages(
+    as_json: JsonOpt = False,
+    limit: Annotated[int, typer.Option(help="the newest this many")] = 50,
+    raw: Annotated[bool, typer.Option("--raw", help="with each message as received or sent")] = False,
+) -> None:
+    """The HL7 message log, newest first: every message in and out, with its ACK."""
+    from dbserver.hl7log import list_messages
+
+    settings = _settings()
+    _ready(settings)
+    columns = ["at", "direction", "remote", "message_type", "message_control_id", "ack_code", "error"]
+    _rows(list_messages(settings, limit, raw), columns + (["raw"] if raw else []), as_json)
+
+
+# --- reports ------------------------------------------------------------------------------------
+@report_app.command("add")
+def report_add(
+    study_uid: str,
+    file: Annotated[typer.FileText, typer.Option("--file", help="the report text ('-' for standard input)")],
+    author: Annotated[str, typer.Option(help="the reporting radiologist")],
+) -> None:
+    """Add a final report to a study; it goes to the RIS as ORU^R01."""
+    from dbserver.reports import ReportError, add_report
+    from services.errors import PacsError
+
+    settings = _settings()
+    _ready(settings)
+    try:
+        result = add_report(settings, study_uid, file.read(), author)
+    except (PacsError, ReportError) as exc:
+        _fail(str(exc), 2)
+    except LookupError as exc:
+        _fail(str(exc).strip("'\""))
+    where = result["destination"] or "no RIS destination yet: it waits in the outbox"
+    out.print(f"report {result['report_id']} on {study_uid}: final, ORU^R01 {result['message_control_id']} "
+              f"queued ({where})")
+
+
+@report_app.command("list")
+def report_list(study_uid: str, as_json: JsonOpt = False) -> None:
+    """The reports of a study."""
+    from dbserver.reports import list_reports
+    from services.errors import PacsError
+
+    settings = _settings()
+    _ready(settings)
+    try:
+        reports = list_reports(settings, study_uid)
+    except PacsError as exc:
+        _fail(str(exc), 2)
+    if as_json:
+        _print_json(reports)
+        return
+    for r in reports:
+        out.print(f"report {r['report_id']} ({r['status']}) by {r['author']} at {r['created_at']}, "
+                  f"{'sent to the RIS' if r['sent_to_ris'] else 'not yet at the RIS'}")
+        out.print(r["text"])
+
+
+@hl7_app.command("outbox")
+def hl7_outbox(
+    as_json: JsonOpt = False,
+    state: Annotated[Optional[str], typer.Option(help="waiting or sent")] = None,
+) -> None:
+    """HL7 messages queued for the RIS: waiting (with the last error and next attempt) or sent."""
+    from dbserver.reports import list_outbox
+
+    settings = _settings()
+    _ready(settings)
+    _rows(list_outbox(settings, state), ["id", "message_control_id", "message_type", "state", "attempts",
+                                         "destination", "next_attempt_at", "sent_at", "last_error"], as_json)

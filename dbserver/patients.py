@@ -1,0 +1,77 @@
+"""Patient identity changes from the HIS/RIS: merges (ADT^A40) and
+identifier changes (ADT^A47).
+
+Both run in the caller's transaction and keep the identifier that goes away
+as a :class:`PatientPriorId` of the patient that remains, so it can still be
+looked up. Stored objects are not rewritten: studies point at the surviving
+patient row, whose demographics go out with every object that leaves
+(:mod:`dbserver.corrections`).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from dbserver.models import Change, Order, Patient, PatientPriorId, Study, utcnow
+
+
+class PatientIdentityError(ValueError):
+    """The change cannot be applied (unknown patient, identifier taken)."""
+
+
+def find_patient(session: Session, patient_id: str, issuer: str) -> Patient | None:
+    return session.scalar(select(Patient).where(Patient.patient_id == patient_id,
+                                                Patient.issuer_of_patient_id == issuer))
+
+
+def _keep_prior(session: Session, survivor: Patient, patient_id: str, issuer: str, event: str,
+                control_id: str) -> None:
+    session.add(PatientPriorId(patient_fk=survivor.id, patient_id=patient_id, issuer_of_patient_id=issuer,
+                               event=event, message_control_id=control_id, replaced_at=utcnow()))
+    session.add(Change(change_type=f"patient-{event.lower()}", resource_type="patient",
+                       resource_uid=survivor.patient_id[:64], created_at=utcnow()))
+
+
+def merge_patients(session: Session, survivor: Patient, prior_id: str, prior_issuer: str,
+                   control_id: str = "") -> int:
+    """Merge the patient ``prior_id`` into ``survivor`` (ADT^A40): its
+    studies, orders and prior identifiers move over and it ceases to exist.
+    Returns the number of studies moved."""
+    prior = find_patient(session, prior_id, prior_issuer)
+    if prior is None:
+        raise PatientIdentityError(f"MRG-1: no patient {prior_id} ({prior_issuer}) to merge")
+    if prior.id == survivor.id:
+        raise PatientIdentityError(f"MRG-1: patient {prior_id} cannot be merged into itself")
+    moved = session.execute(update(Study).where(Study.patient_fk == prior.id)
+                            .values(patient_fk=survivor.id)).rowcount
+    session.execute(update(Order).where(Order.patient_fk == prior.id).values(patient_fk=survivor.id))
+    session.execute(update(PatientPriorId).where(PatientPriorId.patient_fk == prior.id)
+                    .values(patient_fk=survivor.id))
+    for attr in ("patient_name", "patient_birth_date", "patient_sex"):
+        if not getattr(survivor, attr):
+            setattr(survivor, attr, getattr(prior, attr))
+    _keep_prior(session, survivor, prior.patient_id, prior.issuer_of_patient_id, "A40", control_id)
+    session.flush()
+    session.delete(prior)
+    session.flush()
+    return moved or 0
+
+
+def change_patient_id(session: Session, prior_id: str, issuer: str, new_id: str, control_id: str = "") -> Patient:
+    """Give the patient ``prior_id`` the identifier ``new_id`` (ADT^A47)."""
+    patient = find_patient(session, prior_id, issuer)
+    if patient is None:
+        raise PatientIdentityError(f"MRG-1: no patient {prior_id} ({issuer}) to change")
+    if prior_id != new_id and find_patient(session, new_id, issuer) is not None:
+        raise PatientIdentityError(f"PID-3: patient {new_id} ({issuer}) exists already; merging is ADT^A40")
+    patient.patient_id = new_id
+    patient.updated_at = patient.ris_updated_at = utcnow()
+    _keep_prior(session, patient, prior_id, issuer, "A47", control_id)
+    session.flush()
+    return patient
+
+
+def prior_ids(session: Session, patient: Patient) -> set[str]:
+    """The Patient IDs this patient had before (same or other issuer)."""
+    return set(session.scalars(select(PatientPriorId.patient_id).where(PatientPriorId.patient_fk == patient.id)))

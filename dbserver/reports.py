@@ -1,0 +1,130 @@
+"""Reports on studies, and the outbox that takes them to the RIS.
+
+A final report is stored, the study becomes ``reported``, and an ORU^R01
+(HL7 v2.5.1 §7.3.1, as IHE RAD-28 fills it) is put in the HL7 outbox in the
+same transaction: once :func:`add_report` returns, the report reaches the
+RIS of the study's domain after any restart. The gateway's sender
+(:mod:`gateway.outbox`) delivers it and keeps retrying until ACK AA.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dbserver.models import Change, Hl7Outbox, Order, Patient, Report, RisDomain, Study, utcnow
+from dbserver.queries import audit
+from dbserver.registration import NO_PATIENT_ID
+from dbserver.validation import HIDDEN
+from services.db import run_in_transaction, unit_of_work
+from services.dicom import check_uid
+from services.mllp import escape, hl7_timestamp
+from services.settings import Settings
+
+FINAL = "final"
+REPORTED = "reported"
+MAX_REPORT_CHARS = 1_000_000
+
+
+class ReportError(ValueError):
+    """The report cannot be taken (unknown or hidden study, empty text)."""
+
+
+def oru_message(report: Report, study: Study, patient: Patient, order: Order | None,
+                domain: RisDomain | None, settings: Settings, control_id: str) -> str:
+    """The ORU^R01 carrying ``report``: one OBX per line of text (TX), the
+    Study Instance UID as an OBX of its own, result status F."""
+    issuer = "" if patient.issuer_of_patient_id.startswith(NO_PATIENT_ID) else patient.issuer_of_patient_id
+    placer = escape(order.placer_order_number) if order else ""
+    filler = escape(order.filler_order_number) if order else ""
+    procedure = escape(order.requested_procedure_description or study.study_description) if order else escape(
+        study.study_description)
+    when = hl7_timestamp(report.created_at)
+    segments = [
+        f"MSH|^~\\&|PACS|{escape(settings.hl7_facility)}|{escape(domain.receiving_application) if domain else ''}|"
+        f"{escape(domain.sending_facility) if domain else ''}|{hl7_timestamp()}||ORU^R01^ORU_R01|{control_id}|P|"
+        "2.5.1|||AL|NE||UNICODE UTF-8",
+        f"PID|1||{escape(patient.patient_id)}^^^{escape(issuer)}^MR||{escape(patient.patient_name)}||"
+        f"{patient.patient_birth_date}|{patient.patient_sex[:1]}",
+        f"ORC|RE|{placer}|{filler}||CM",
+        f"OBR|1|{placer}|{filler}|^{procedure}|||{study.study_date}{study.study_time.split('.')[0]}"
+        f"||||||||||{escape(study.accession_number)}||||{when}|||F|||||||{escape(report.author)}",
+        f"OBX|1|HD|113014^DICOM Study^DCM||{study.study_instance_uid}||||||F",
+    ]
+    lines = report.text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    for n, line in enumerate(lines, start=2):
+        segments.append(f"OBX|{n}|TX|18782-3^Radiology Study observation^LN||{escape(line)}||||||F")
+    return "\r".join(segments) + "\r"
+
+
+def add_report(settings: Settings, study_uid: str, text: str, author: str, actor: str | None = None
+               ) -> dict[str, Any]:
+    """Store a final report and queue it for the RIS; one transaction."""
+    check_uid(study_uid, "Study Instance UID")
+    if not text.strip():
+        raise ReportError("the report is empty")
+    if len(text) > MAX_REPORT_CHARS:
+        raise ReportError(f"the report is longer than {MAX_REPORT_CHARS} characters")
+    if not author.strip():
+        raise ReportError("a report needs its author (--author)")
+
+    def work(session: Session) -> dict[str, Any]:
+        from dbserver.domains import report_domain
+
+        row = session.execute(select(Study, Patient).join(Patient, Study.patient_fk == Patient.id)
+                              .where(Study.study_instance_uid == study_uid)).first()
+        if row is None:
+            raise LookupError(f"no study {study_uid}")
+        study, patient = row
+        if study.validation_status in HIDDEN:
+            raise ReportError(f"study {study_uid} is {study.validation_status}: decide on it first "
+                              "(pacs quarantine)")
+        order = session.get(Order, study.order_fk) if study.order_fk else None
+        issuer = order.issuer_of_accession_number if order else patient.issuer_of_patient_id
+        domain = report_domain(session, issuer)
+        now = utcnow()
+        report = Report(study_fk=study.id, status=FINAL, author=author.strip(), text=text, created_at=now)
+        session.add(report)
+        session.flush()
+        control_id = f"PACS{uuid.uuid4().hex[:16].upper()}"
+        session.add(Hl7Outbox(message_control_id=control_id, message_type="ORU^R01", report_fk=report.id,
+                              issuer=domain.issuer if domain else issuer,
+                              raw=oru_message(report, study, patient, order, domain, settings, control_id),
+                              state="waiting", attempts=0, next_attempt_at=now, created_at=now,
+                              last_error="" if domain else "no RIS domain with a report destination yet "
+                              "(pacs ris domain add ISSUER --report-host H --report-port P)"))
+        study.reading_status = REPORTED
+        session.add(Change(change_type="study-reported", resource_type="study", resource_uid=study_uid,
+                           created_at=now))
+        audit(session, "report-add", "study", study_uid, actor=actor, author=author, report_id=report.id,
+              message_control_id=control_id)
+        return {"report_id": report.id, "study_instance_uid": study_uid, "message_control_id": control_id,
+                "destination": f"{domain.report_host}:{domain.report_port}" if domain else ""}
+
+    return run_in_transaction(work, settings)
+
+
+def list_outbox(settings: Settings, state: str | None = None) -> list[dict[str, Any]]:
+    with unit_of_work(settings) as session:
+        query = select(Hl7Outbox).order_by(Hl7Outbox.id)
+        if state:
+            query = query.where(Hl7Outbox.state == state)
+        return [{"id": m.id, "message_control_id": m.message_control_id, "message_type": m.message_type,
+                 "issuer": m.issuer, "state": m.state, "attempts": m.attempts,
+                 "next_attempt_at": m.next_attempt_at.isoformat() if m.state == "waiting" else None,
+                 "destination": m.destination, "last_error": m.last_error,
+                 "created_at": m.created_at.isoformat(), "sent_at": m.sent_at.isoformat() if m.sent_at else None}
+                for m in session.scalars(query)]
+
+
+def list_reports(settings: Settings, study_uid: str) -> list[dict[str, Any]]:
+    check_uid(study_uid, "Study Instance UID")
+    with unit_of_work(settings) as session:
+        rows = session.execute(select(Report, Hl7Outbox.state).join(Study, Report.study_fk == Study.id)
+                               .join(Hl7Outbox, Hl7Outbox.report_fk == Report.id, isouter=True)
+                               .where(Study.study_instance_uid == study_uid).order_by(Report.id)).all()
+        return [{"report_id": r.id, "status": r.status, "author": r.author, "created_at": r.created_at.isoformat(),
+                 "sent_to_ris": state == "sent", "text": r.text} for r, state in rows]
