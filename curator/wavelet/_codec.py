@@ -1,0 +1,305 @@
+"""encode / decode / info: planes, chunks and the lossy path."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _container as fmt
+from . import _entropy as ent
+from . import _lifting as lift
+from ._errors import CorruptError, InvalidInputError, TruncatedError
+
+WAVELET_LOSSY = "bior4.4"
+RECON_OFFSET = 0.375  # dequantisation point inside a quantiser interval
+_EMPTY = np.zeros((0, 0), np.int32)
+
+
+def default_levels(rows: int, cols: int) -> int:
+    """Fewest levels that bring the coarsest image to 64 pixels or less."""
+    n = 0
+    while max(rows, cols) > 64:
+        rows, cols = (rows + 1) // 2, (cols + 1) // 2
+        n += 1
+    return n
+
+
+# ---------------------------------------------------------------- chunks
+
+
+def _other(shape, parent, cross):
+    """Parent/cross activity of a band: 2*|parent(i>>1, j>>1)| (indices
+    clamped to the parent band) plus the magnitudes of the co-located
+    coefficients of the bands coded before it at this level."""
+    r, c = shape
+    oth = np.zeros(shape, np.int32)
+    if r == 0 or c == 0:
+        return oth
+    if parent is not None and parent.size:
+        pr = np.minimum(np.arange(r) >> 1, parent.shape[0] - 1)
+        pc = np.minimum(np.arange(c) >> 1, parent.shape[1] - 1)
+        oth += 2 * parent[pr[:, None], pc[None, :]]
+    for m in cross:
+        rr, cc = min(r, m.shape[0]), min(c, m.shape[1])
+        oth[:rr, :cc] += m[:rr, :cc]
+    return oth
+
+
+def _encode_chunk(items) -> bytes:
+    """``items``: (band, group, predict, oth) in coding order."""
+    n = sum(b.size for b, *_ in items)
+    width = max((b.shape[1] for b, *_ in items), default=0)
+    size = 2 * n + 40 * width + 1024
+    while True:
+        st = ent.new_encoder()
+        pf, ps = ent.new_probs()
+        ac = np.empty(size, np.uint8)
+        raw = np.empty(3 * n + 16, np.uint8)
+        overflow = False
+        for band, group, predict, oth in items:
+            mp = np.zeros((band.shape[0] + 2, band.shape[1] + 3), np.int32)
+            if ent.encode_band(st, ac, raw, pf, ps, band, mp, oth, group, predict):
+                overflow = True
+                break
+        if not overflow:
+            break
+        size *= 4
+    na, nr = ent.finish(st, ac, raw)
+    return b"".join([int(na - 1).to_bytes(4, "little"), ac[1:na].tobytes(), raw[:nr].tobytes()])
+
+
+class _ChunkDecoder:
+    def __init__(self, blob: memoryview, where: str):
+        if len(blob) < 4:
+            raise CorruptError(f"{where}: chunk shorter than its length field")
+        na = int.from_bytes(blob[:4], "little")
+        if na > len(blob) - 4:
+            raise CorruptError(f"{where}: range-coder length {na} exceeds the chunk")
+        buf = np.frombuffer(blob, np.uint8)
+        self.ac = buf[4 : 4 + na]
+        self.raw = buf[4 + na :]
+        self.st = ent.new_decoder(self.ac)
+        self.pf, self.ps = ent.new_probs()
+        self.where = where
+
+    def band(self, shape, group, predict, oth) -> tuple[np.ndarray, np.ndarray]:
+        band = np.empty(shape, np.int32)
+        mp = np.zeros((shape[0] + 2, shape[1] + 3), np.int32)
+        if ent.decode_band(self.st, self.ac, self.raw, self.pf, self.ps, band, mp, oth, group, predict):
+            raise CorruptError(f"{self.where}: entropy-coded data overrun")
+        return band, mp[2:, 2:-1]
+
+
+def _detail_shapes(shape, lossy):
+    r, c = shape
+    lr, lc = (r + 1) // 2, (c + 1) // 2
+    if lossy:
+        return [(lr, lc)] * 3
+    return [(lr, c // 2), (r // 2, lc), (r // 2, c // 2)]
+
+
+def _detail_items(bands, mags, parents, has_parent):
+    """Coding items of one level's (HL, LH, HH) of one sample."""
+    g = 3 if has_parent else 0
+    items = []
+    for o in range(3):
+        parent = parents[o] if parents is not None else None
+        oth = _other(bands[o].shape, parent, mags[:o])
+        items.append((bands[o], g + o, False, oth))
+    return items
+
+
+def _encode_planes(coefs, levels, frames, samples) -> list[list[bytes]]:
+    """``coefs[f][s]`` = (LL, details) -> ``blobs[f][level]``."""
+    blobs = []
+    for f in range(frames):
+        per = [None] * (levels + 1)
+        per[levels] = _encode_chunk(
+            [(coefs[f][s][0], ent.GROUP_LL, True, np.zeros(coefs[f][s][0].shape, np.int32)) for s in range(samples)]
+        )
+        for k in range(levels - 1, -1, -1):
+            items = []
+            for s in range(samples):
+                details = coefs[f][s][1]
+                mags = [np.abs(b) for b in details[k]]
+                parents = [np.abs(b) for b in details[k + 1]] if k + 1 < levels else None
+                items += _detail_items(details[k], mags, parents, k + 1 < levels)
+            per[k] = _encode_chunk(items)
+        blobs.append(per)
+    return blobs
+
+
+def _decode_planes(data, hdr: fmt.WaveletInfo, level: int):
+    """Yield, per frame, the per-sample (LL at ``level``-or-coarsest, detail
+    bands decoded so far) in coefficient form, decoding chunks down to
+    ``level``. Returns list[f][s] of (ll_coarsest, details list)."""
+    shapes = lift.band_shapes(hdr.rows, hdr.cols, hdr.levels)
+    out = []
+    for f in range(hdr.frames):
+        blob = fmt.chunk_bytes(data, hdr.chunk(f, hdr.levels))
+        dec = _ChunkDecoder(blob, f"frame {f} level {hdr.levels}")
+        lls = []
+        for s in range(hdr.samples):
+            shape = shapes[hdr.levels]
+            ll, _ = dec.band(shape, ent.GROUP_LL, True, np.zeros(shape, np.int32))
+            lls.append(ll)
+        details = [[None] * hdr.levels for _ in range(hdr.samples)]
+        mags = [[None] * hdr.levels for _ in range(hdr.samples)]
+        for k in range(hdr.levels - 1, level - 1, -1):
+            blob = fmt.chunk_bytes(data, hdr.chunk(f, k))
+            dec = _ChunkDecoder(blob, f"frame {f} level {k}")
+            for s in range(hdr.samples):
+                has_parent = k + 1 < hdr.levels
+                g = 3 if has_parent else 0
+                bands, bmags = [], []
+                for o, shape in enumerate(_detail_shapes(shapes[k], hdr.lossy)):
+                    parent = mags[s][k + 1][o] if has_parent else None
+                    oth = _other(shape, parent, bmags)
+                    b, m = dec.band(shape, g + o, False, oth)
+                    bands.append(b)
+                    bmags.append(m)
+                details[s][k] = tuple(bands)
+                mags[s][k] = bmags
+        out.append([(lls[s], details[s]) for s in range(hdr.samples)])
+    return out
+
+
+# ---------------------------------------------------------------- input
+
+
+def _normalise(pixels, frames, bits_stored):
+    a = np.asarray(pixels)
+    if a.dtype == np.bool_:
+        a = a.astype(np.uint8)
+        bits_stored = bits_stored or 1
+    if a.dtype.kind not in "iu":
+        raise InvalidInputError(f"pixels must be an integer array, not {a.dtype}")
+    frame_axis = bool(frames) or a.ndim == 4
+    want = (3, 4) if frame_axis else (2, 3)
+    if a.ndim not in want:
+        raise InvalidInputError(
+            f"pixels shaped {a.shape}: expected (rows, cols[, samples])"
+            + (" with frames=True: (frames, rows, cols[, samples])" if frame_axis else "")
+        )
+    sample_axis = a.ndim == want[1]
+    signed = a.dtype.kind == "i"
+    itemsize = a.dtype.itemsize
+    if bits_stored is None:
+        if itemsize > 2:
+            raise InvalidInputError(f"{a.dtype} pixels need an explicit bits_stored (1..16)")
+        bits_stored = 8 * itemsize
+    bits_stored = int(bits_stored)
+    if not 1 <= bits_stored <= 16:
+        raise InvalidInputError(f"bits_stored {bits_stored}: only 1..16 are supported")
+    if bits_stored > 8 * itemsize:
+        raise InvalidInputError(f"bits_stored {bits_stored} exceeds the {a.dtype} container")
+    planes = a.astype(np.int32) if a.dtype.isnative else a.astype(a.dtype.newbyteorder("=")).astype(np.int32)
+    if not frame_axis:
+        planes = planes[None]
+    if not sample_axis:
+        planes = planes[..., None]
+    if 0 in planes.shape:
+        raise InvalidInputError(f"empty image {a.shape}")
+    if planes.shape[-1] > 255:
+        raise InvalidInputError(f"{planes.shape[-1]} samples per pixel (at most 255)")
+    lo, hi = _range(bits_stored, signed)
+    if planes.size and (int(planes.min()) < lo or int(planes.max()) > hi):
+        raise InvalidInputError(
+            f"values {int(planes.min())}..{int(planes.max())} outside the {bits_stored}-bit "
+            f"{'signed' if signed else 'unsigned'} range {lo}..{hi}"
+        )
+    return planes, frame_axis, sample_axis, signed, itemsize, bits_stored
+
+
+def _range(bits, signed):
+    if signed:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+# ---------------------------------------------------------------- public
+
+
+def encode(
+    pixels,
+    *,
+    levels: int | None = None,
+    bits_stored: int | None = None,
+    frames: bool = False,
+    rct: bool | None = None,
+    lossy_psnr: float | None = None,
+) -> bytes:
+    planes, frame_axis, sample_axis, signed, itemsize, bits = _normalise(pixels, frames, bits_stored)
+    nf, rows, cols, ns = planes.shape
+    if levels is None:
+        levels = default_levels(rows, cols)
+    if not 0 <= int(levels) <= 30:
+        raise InvalidInputError(f"levels {levels}: 0..30")
+    levels = int(levels)
+    if rct is None:
+        rct = ns == 3
+    if rct and ns != 3:
+        raise InvalidInputError("rct needs 3 samples per pixel")
+    if rct:
+        planes = lift.rct_forward(planes)
+    flags = (
+        (fmt.FLAG_SIGNED if signed else 0)
+        | (fmt.FLAG_RCT if rct else 0)
+        | (fmt.FLAG_FRAME_AXIS if frame_axis else 0)
+        | (fmt.FLAG_SAMPLE_AXIS if sample_axis else 0)
+    )
+    fields = dict(
+        rows=rows, cols=cols, frames=nf, samples=ns, bits_stored=bits, itemsize=itemsize, levels=levels,
+        quant_step=0.0, target_psnr=0.0, recon_offset=0.0,
+    )  # fmt: skip
+    if lossy_psnr is None:
+        coefs = [[lift.forward(planes[f, :, :, s], levels) for s in range(ns)] for f in range(nf)]
+    else:
+        from . import _lossy
+
+        if not 10 <= float(lossy_psnr) <= 200:
+            raise InvalidInputError(f"lossy_psnr {lossy_psnr}: 10..200 dB")
+        flags |= fmt.FLAG_LOSSY
+        coefs, step = _lossy.quantise(planes, levels, rct, bits, signed, float(lossy_psnr), RECON_OFFSET)
+        fields.update(quant_step=step, target_psnr=float(lossy_psnr), recon_offset=RECON_OFFSET)
+    fields["flags"] = flags
+    return fmt.pack(fields, _encode_planes(coefs, levels, nf, ns))
+
+
+def info(data) -> fmt.WaveletInfo:
+    """Header and level index of ``data`` (a whole file or any prefix that
+    holds the header and index: ``WaveletInfo.index_end`` bytes)."""
+    return fmt.parse(data)
+
+
+def decode(data, level: int = 0) -> np.ndarray:
+    hdr = fmt.parse(data)
+    if not 0 <= level <= hdr.levels:
+        raise InvalidInputError(f"level {level}: this file has levels 0..{hdr.levels}")
+    if len(data) < hdr.level_end(level):
+        raise TruncatedError(f"{len(data)} bytes: level {level} needs the first {hdr.level_end(level)} bytes")
+    coefs = _decode_planes(data, hdr, level)
+    if hdr.lossy:
+        from . import _lossy
+
+        planes = _lossy.reconstruct(coefs, hdr, level)
+    else:
+        shape = lift.band_shapes(hdr.rows, hdr.cols, level)[-1]
+        planes = np.empty((hdr.frames, *shape, hdr.samples), np.int32)
+        for f in range(hdr.frames):
+            for s in range(hdr.samples):
+                ll, details = coefs[f][s]
+                planes[f, :, :, s] = lift.inverse(ll, details, level)
+        if hdr.rct:
+            planes = lift.rct_inverse(planes)
+    lo, hi = _range(hdr.bits_stored, hdr.signed)
+    if hdr.lossy or level:
+        np.clip(planes, lo, hi, out=planes)
+    elif planes.min(initial=0) < lo or planes.max(initial=0) > hi:
+        raise CorruptError("decoded values outside bits_stored")
+    out = planes.astype(np.dtype(hdr.dtype))
+    if not hdr.frame_axis:
+        out = out[0]
+    if not hdr.sample_axis:
+        out = out[..., 0]
+    return out
+

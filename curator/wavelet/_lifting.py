@@ -1,0 +1,165 @@
+"""Reversible integer 5/3 lifting (ITU-T T.800 Annex F.3.8, F.4.8) and the
+reversible colour transform (T.800 Annex G.2), vectorised with numpy.
+
+Signals are split at even (low-pass) and odd (high-pass) positions, boundary
+handling is whole-sample symmetric extension (x[-1] = x[1], x[n] = x[n-2]).
+A two-dimensional level filters the columns (vertical pass) first, then the
+rows (horizontal pass); the inverse undoes them in reverse order. All
+arithmetic is on int32 with floor division (arithmetic shifts).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Subband orientation order inside one decomposition level.
+HL, LH, HH = 0, 1, 2
+
+
+def _split(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Forward 1-D 5/3 lifting along ``axis``: return (low, high)."""
+    n = x.shape[axis]
+    if n < 2:
+        return x.copy(), np.take(x, [], axis=axis)
+    sl = [slice(None)] * x.ndim
+
+    def at(s: slice) -> tuple:
+        sl[axis] = s
+        return tuple(sl)
+
+    even = x[at(slice(0, None, 2))]
+    odd = x[at(slice(1, None, 2))]
+    ne, no = even.shape[axis], odd.shape[axis]
+    # d[i] = x[2i+1] - floor((x[2i] + x[2i+2]) / 2), x[n] mirrored to x[n-2]
+    right = even[at(slice(1, no + 1))]
+    if ne == no:
+        right = np.concatenate([right, even[at(slice(no - 1, no))]], axis=axis)
+    d = odd - ((even[at(slice(0, no))] + right) >> 1)
+    # s[i] = x[2i] + floor((d[i-1] + d[i] + 2) / 4), d[-1] = d[0], d[no] = d[no-1]
+    acc = np.empty(even.shape, dtype=np.int32)
+    acc[at(slice(1, ne))] = d[at(slice(0, ne - 1))]
+    acc[at(slice(0, 1))] = d[at(slice(0, 1))]
+    acc[at(slice(0, no))] += d
+    if ne > no:
+        acc[at(slice(no, ne))] += d[at(slice(no - 1, no))]
+    acc += 2
+    acc >>= 2
+    acc += even
+    return acc, d
+
+
+def _merge(s: np.ndarray, d: np.ndarray, axis: int) -> np.ndarray:
+    """Inverse of :func:`_split`."""
+    ne, no = s.shape[axis], d.shape[axis]
+    if no == 0:
+        return s.copy()
+    sl = [slice(None)] * s.ndim
+
+    def at(sx: slice) -> tuple:
+        sl[axis] = sx
+        return tuple(sl)
+
+    acc = np.empty(s.shape, dtype=np.int32)
+    acc[at(slice(1, ne))] = d[at(slice(0, ne - 1))]
+    acc[at(slice(0, 1))] = d[at(slice(0, 1))]
+    acc[at(slice(0, no))] += d
+    if ne > no:
+        acc[at(slice(no, ne))] += d[at(slice(no - 1, no))]
+    acc += 2
+    acc >>= 2
+    even = s - acc
+    right = even[at(slice(1, no + 1))]
+    if ne == no:
+        right = np.concatenate([right, even[at(slice(no - 1, no))]], axis=axis)
+    odd = d + ((even[at(slice(0, no))] + right) >> 1)
+    shape = list(s.shape)
+    shape[axis] = ne + no
+    out = np.empty(shape, dtype=np.int32)
+    out[at(slice(0, None, 2))] = even
+    out[at(slice(1, None, 2))] = odd
+    return out
+
+
+def forward_level(x: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """One 2-D level: return LL and the (HL, LH, HH) detail bands.
+
+    HL is low-pass vertically, high-pass horizontally; LH the converse.
+    """
+    lo, hi = _split(x, 0)
+    ll, hl = _split(lo, 1)
+    lh, hh = _split(hi, 1)
+    return ll, (hl, lh, hh)
+
+
+def inverse_level(ll: np.ndarray, bands: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    hl, lh, hh = bands
+    lo = _merge(ll, hl, 1)
+    hi = _merge(lh, hh, 1)
+    return _merge(lo, hi, 0)
+
+
+def forward(x: np.ndarray, levels: int) -> tuple[np.ndarray, list]:
+    """Multi-level transform of a 2-D int32 plane.
+
+    Returns the coarsest LL and ``details[k]`` = (HL, LH, HH) of level k+1
+    (``details[0]`` is the finest).
+    """
+    ll = np.ascontiguousarray(x, dtype=np.int32)
+    details = []
+    for _ in range(levels):
+        ll, bands = forward_level(ll)
+        details.append(tuple(np.ascontiguousarray(b) for b in bands))
+    return np.ascontiguousarray(ll), details
+
+
+def inverse(ll: np.ndarray, details: list, stop: int = 0) -> np.ndarray:
+    """Rebuild LL at level ``stop`` from the coarsest LL and ``details``
+    (``details[k]`` of level k+1; only entries k >= stop are used)."""
+    for k in range(len(details) - 1, stop - 1, -1):
+        ll = inverse_level(ll, details[k])
+    return ll
+
+
+def band_shapes(rows: int, cols: int, levels: int) -> list[tuple[int, int]]:
+    """LL shape at every level 0..levels (ceil halving)."""
+    shapes = [(rows, cols)]
+    for _ in range(levels):
+        r, c = shapes[-1]
+        shapes.append(((r + 1) // 2, (c + 1) // 2))
+    return shapes
+
+
+def rct_forward(rgb: np.ndarray) -> np.ndarray:
+    """T.800 G.2: Y = floor((R + 2G + B) / 4), Cb = B - G, Cr = R - G.
+    ``rgb`` is int32 with samples on the last axis."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    out = np.empty(rgb.shape, dtype=np.int32)
+    out[..., 0] = (r + 2 * g + b) >> 2
+    out[..., 1] = b - g
+    out[..., 2] = r - g
+    return out
+
+
+def rct_inverse(ycc: np.ndarray) -> np.ndarray:
+    y, cb, cr = ycc[..., 0], ycc[..., 1], ycc[..., 2]
+    out = np.empty(ycc.shape, dtype=np.int32)
+    g = y - ((cb + cr) >> 2)
+    out[..., 1] = g
+    out[..., 0] = cr + g
+    out[..., 2] = cb + g
+    return out
+
+
+def lowpass(planes: np.ndarray, level: int, rct: bool) -> np.ndarray:
+    """Reference level-``level`` image of int32 ``planes`` shaped
+    (frames, rows, cols, samples): the LL band of every plane, the inverse
+    RCT applied when ``rct``. Not clipped."""
+    if rct:
+        planes = rct_forward(planes)
+    f, r, c, s = planes.shape
+    rr, cc = band_shapes(r, c, level)[-1]
+    out = np.empty((f, rr, cc, s), dtype=np.int32)
+    for i in range(f):
+        for j in range(s):
+            out[i, :, :, j] = forward(planes[i, :, :, j], level)[0]
+    return rct_inverse(out) if rct else out
