@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import distinct, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from dbserver.validation import validate_studies
+from dbserver.validation import DEMOGRAPHICS, validate_studies
 from dbserver.models import Change, Instance, Patient, Series, Study, SupersededObject, utcnow
 from services.db import run_in_transaction, unit_of_work
 from services.dicom import check_uid
@@ -192,7 +192,12 @@ def _register(session: Session, batch: list[dict[str, Any]], settings: Settings)
         session.execute(Change.__table__.insert(), changes)
     new_studies = {study_ids[uid] for uid in study_uids - set(known_studies)}
     if new_studies:
-        validate_studies(session, new_studies, settings)
+        received: dict[int, dict[str, str]] = {}
+        for item in batch:  # the demographics of each new study's first instance
+            received.setdefault(study_ids[item["study_instance_uid"]],
+                                {key: str(item.get(key) or "") for key in DEMOGRAPHICS})
+        validate_studies(session, new_studies, settings, received={k: v for k, v in received.items()
+                                                                   if k in new_studies})
     if touched_studies:
         refresh_aggregates(session, touched_studies,
                            stable_at=now + timedelta(seconds=settings.study_stable_seconds), now=now)

@@ -21,7 +21,7 @@ from dbserver.registration import NO_PATIENT_ID
 from dbserver.validation import HIDDEN
 from services.db import run_in_transaction, unit_of_work
 from services.dicom import check_uid
-from services.mllp import escape, hl7_timestamp
+from services.mllp import escape, hl7_timestamp, xpn
 from services.settings import Settings
 
 FINAL = "final"
@@ -31,6 +31,11 @@ MAX_REPORT_CHARS = 1_000_000
 
 class ReportError(ValueError):
     """The report cannot be taken (unknown or hidden study, empty text)."""
+
+
+def _segment(name: str, fields: dict[int, str]) -> str:
+    """A segment with these (already escaped) fields at their positions."""
+    return "|".join([name] + [fields.get(i, "") for i in range(1, max(fields) + 1)])
 
 
 def oru_message(report: Report, study: Study, patient: Patient, order: Order | None,
@@ -47,11 +52,12 @@ def oru_message(report: Report, study: Study, patient: Patient, order: Order | N
         f"MSH|^~\\&|PACS|{escape(settings.hl7_facility)}|{escape(domain.receiving_application) if domain else ''}|"
         f"{escape(domain.sending_facility) if domain else ''}|{hl7_timestamp()}||ORU^R01^ORU_R01|{control_id}|P|"
         "2.5.1|||AL|NE||UNICODE UTF-8",
-        f"PID|1||{escape(patient.patient_id)}^^^{escape(issuer)}^MR||{escape(patient.patient_name)}||"
+        f"PID|1||{escape(patient.patient_id)}^^^{escape(issuer)}^MR||{xpn(patient.patient_name)}||"
         f"{patient.patient_birth_date}|{patient.patient_sex[:1]}",
         f"ORC|RE|{placer}|{filler}||CM",
-        f"OBR|1|{placer}|{filler}|^{procedure}|||{study.study_date}{study.study_time.split('.')[0]}"
-        f"||||||||||{escape(study.accession_number)}||||{when}|||F|||||||{escape(report.author)}",
+        _segment("OBR", {1: "1", 2: placer, 3: filler, 4: f"^{procedure}",
+                         7: f"{study.study_date}{study.study_time.split('.')[0]}",
+                         18: escape(study.accession_number), 22: when, 25: "F", 32: xpn(report.author)}),
         f"OBX|1|HD|113014^DICOM Study^DCM||{study.study_instance_uid}||||||F",
     ]
     lines = report.text.replace("\r\n", "\n").replace("\r", "\n").split("\n")

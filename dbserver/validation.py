@@ -56,19 +56,27 @@ def normalize_name(name: str) -> str:
     return "^".join(parts)
 
 
-def differences(patient: Patient, order_patient: Patient,
+DEMOGRAPHICS = ("patient_id", "patient_name", "patient_birth_date", "patient_sex")
+
+
+def demographics(patient: Patient) -> dict[str, str]:
+    return {key: getattr(patient, key) or "" for key in DEMOGRAPHICS}
+
+
+def differences(images: dict[str, str], order_patient: Patient,
                 earlier_ids: set[str] = frozenset()) -> dict[str, dict[str, str]]:  # type: ignore[assignment]
     """What the images say and what the RIS says, where they differ. An
     empty value on either side is not a difference (nothing to compare),
     nor a Patient ID the RIS patient had before (``earlier_ids``: merged
     or changed)."""
     out: dict[str, dict[str, str]] = {}
-    if patient.patient_id != order_patient.patient_id and patient.patient_id not in earlier_ids:
-        out["patient_id"] = {"images": patient.patient_id, "ris": order_patient.patient_id}
-    if normalize_name(patient.patient_name) != normalize_name(order_patient.patient_name):
-        out["patient_name"] = {"images": patient.patient_name, "ris": order_patient.patient_name}
+    pid = images.get("patient_id", "")
+    if pid != order_patient.patient_id and pid not in earlier_ids:
+        out["patient_id"] = {"images": pid, "ris": order_patient.patient_id}
+    if normalize_name(images.get("patient_name", "")) != normalize_name(order_patient.patient_name):
+        out["patient_name"] = {"images": images.get("patient_name", ""), "ris": order_patient.patient_name}
     for attr in ("patient_birth_date", "patient_sex"):
-        ours, theirs = getattr(patient, attr), getattr(order_patient, attr)
+        ours, theirs = images.get(attr, ""), getattr(order_patient, attr)
         if ours and theirs and ours != theirs:
             out[attr] = {"images": ours, "ris": theirs}
     return out
@@ -86,17 +94,21 @@ def _order_for(session: Session, study: Study, patient: Patient) -> tuple[Order,
     return rows[0][0], rows[0][1]
 
 
-def validate_studies(session: Session, study_ids: set[int], settings: Settings,
-                     ask_ris: bool = True) -> dict[str, str]:
+def validate_studies(session: Session, study_ids: set[int], settings: Settings, ask_ris: bool = True,
+                     received: dict[int, dict[str, str]] | None = None) -> dict[str, str]:
     """Validate these (new) studies in the caller's transaction; returns
-    study UID -> outcome. With ``ask_ris`` and an external RIS configured, a
-    study without a local order becomes ``pending`` instead of
-    ``unverified``."""
+    study UID -> outcome. ``received`` holds, per study id, the
+    demographics its images carry (the patient row keeps the first ones
+    seen for that Patient ID); they are kept in the validation detail for a
+    later round. With ``ask_ris`` and an external RIS configured, a study
+    without a local order becomes ``pending`` instead of ``unverified``."""
     outcomes: dict[str, str] = {}
     now = utcnow()
     for study, patient in session.execute(select(Study, Patient).join(Patient, Study.patient_fk == Patient.id)
                                           .where(Study.id.in_(study_ids))).all():
         found = _order_for(session, study, patient) if study.accession_number else None
+        images = ((received or {}).get(study.id) or json.loads(study.validation_detail or "{}").get("received")
+                  or demographics(patient))
         detail: dict[str, Any] = {}
         if found is None:
             if study.accession_number and ask_ris and settings.ris_mwl_ae:
@@ -108,7 +120,7 @@ def validate_studies(session: Session, study_ids: set[int], settings: Settings,
         else:
             order, order_patient = found
             study.order_fk = order.id
-            diff = differences(patient, order_patient, prior_ids(session, order_patient))
+            diff = differences(images, order_patient, prior_ids(session, order_patient))
             if not diff:
                 status = VERIFIED
             elif settings.validation_policy == "coerce":
@@ -119,6 +131,7 @@ def validate_studies(session: Session, study_ids: set[int], settings: Settings,
                 study.patient_fk = order_patient.id
             detail = {"accession_number": order.accession_number,
                       "issuer_of_accession_number": order.issuer_of_accession_number, "differences": diff}
+        detail["received"] = images
         study.validation_status = status
         study.validation_detail = json.dumps(detail)
         session.add(Change(change_type=f"study-{status}", resource_type="study",

@@ -262,6 +262,18 @@ def _ack(msg: hl7.Message | None, code: str, text: str = "", error: Hl7Error | N
     return "\r".join(segments) + "\r"
 
 
+def _check_delimiters(raw: str) -> None:
+    """MSH-1 and MSH-2 (v2.5 §2.5.4): a field separator and four (v2.7: five)
+    distinct encoding characters, none a letter, digit or blank."""
+    separator = raw[3]
+    encoding = raw[4:].split(separator, 1)[0]
+    chars = separator + encoding
+    if (len(encoding) not in (4, 5) or len(set(chars)) != len(chars)
+            or any(c.isalnum() or c.isspace() for c in chars)):
+        raise Hl7Reject(f"MSH-1/MSH-2 delimiters {chars!r} are not a field separator and four distinct "
+                        "encoding characters")
+
+
 def handle(raw_bytes: bytes, settings: Settings, remote: str = "") -> str:
     """Apply one message; return the ACK to send."""
     try:
@@ -273,6 +285,7 @@ def handle(raw_bytes: bytes, settings: Settings, remote: str = "") -> str:
     try:
         if not raw.startswith("MSH") or len(raw) < 8:
             raise Hl7Reject("the message does not start with an MSH segment")
+        _check_delimiters(raw)
         try:
             msg = hl7.parse(raw)
         except Exception as exc:  # noqa: BLE001 - python-hl7 raises several kinds

@@ -59,6 +59,14 @@ def escape(text: str) -> str:
             .replace("&", "\\T\\").replace("~", "\\R\\").replace("\r", " ").replace("\n", " "))
 
 
+def xpn(person_name: str) -> str:
+    """A DICOM PN (family^given^middle^prefix^suffix, alphabetic group) as
+    an HL7 XPN (family^given^middle^suffix^prefix), each part escaped."""
+    parts = (person_name.split("=")[0].split("^") + [""] * 5)[:5]
+    family, given, middle, prefix, suffix = (escape(p) for p in parts)
+    return "^".join((family, given, middle, suffix, prefix)).rstrip("^")
+
+
 def hl7_timestamp(when: datetime | None = None) -> str:
     """An HL7 TS in UTC: YYYYMMDDHHMMSS+0000."""
     return (when or datetime.now(timezone.utc)).astimezone(timezone.utc).strftime("%Y%m%d%H%M%S+0000")

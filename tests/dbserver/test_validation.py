@@ -7,45 +7,22 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
-import hl7
 import pydicom
-from hl7.client import MLLPClient
 
 from dbserver.validation import normalize_name
 from tests.cluster import Cluster
-from tests.dicomdata import ct_dataset, write_part10
-
-
-def _orm(accession: str, pid: str, name: str, birth: str, sex: str) -> str:
-    obr = ["OBR", "1", f"PL-{accession}", f"FI-{accession}", "CT^CT chest"] + [""] * 13 + [accession]
-    return "\r".join([
-        f"MSH|^~\\&|RIS|HOSP_A|PACS|RAD|20261123120000||ORM^O01|{accession}|P|2.5",
-        f"PID|1||{pid}||{name}||{birth}|{sex}", f"ORC|NW|PL-{accession}|FI-{accession}||||^^^202611241030",
-        "|".join(obr)]) + "\r"
-
-
-def _order(c: Cluster, *args: str) -> None:
-    with MLLPClient("127.0.0.1", c.hl7_port) as client:
-        ack = hl7.parse(client.send_message(_orm(*args)).decode().strip("\x0b\x1c\r"))
-    assert str(ack.segment("MSA")[1]) == "AA"
-
-
-def _send_study(c: Cluster, folder: Path, accession: str, pid: str, name: str, birth: str, sex: str) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
-    ds = ct_dataset(pid, name, seed=1, AccessionNumber=accession, PatientBirthDate=birth, PatientSex=sex)
-    write_part10(folder / "1.dcm", ds)
-    c.storescu(folder / "1.dcm")
-    return str(ds.StudyInstanceUID)
+from tests.ris import adt, export_one, order, send, send_study
 
 
 def test_verified_quarantined_and_unverified(cluster: Cluster, tmp_path: Path) -> None:
-    _order(cluster, "V-1", "PV1", "VALID^VERA", "19800101", "F")
-    _order(cluster, "V-2", "PV2", "OTHER^OTTO", "19700505", "M")
-    good = _send_study(cluster, tmp_path / "good", "V-1", "PV1", "Valid^Vera^^", "19800101", "F")
-    bad = _send_study(cluster, tmp_path / "bad", "V-2", "PV2", "OTHER^OTTO", "19710505", "M")
-    none = _send_study(cluster, tmp_path / "none", "", "PV3", "NOORDER^NINA", "19900101", "F")
+    order(cluster, "V-1", "PV1", "VALID^VERA", "19800101", "F")
+    order(cluster, "V-2", "PV2", "OTHER^OTTO", "19700505", "M")
+    good = send_study(cluster, tmp_path / "good", "V-1", "PV1", "Valid^Vera^^", "19800101", "F")
+    bad = send_study(cluster, tmp_path / "bad", "V-2", "PV2", "OTHER^OTTO", "19710505", "M")
+    none = send_study(cluster, tmp_path / "none", "", "PV3", "NOORDER^NINA", "19900101", "F")
     cluster.wait_indexed(3)
 
     clinical = {s["study_instance_uid"]: s for s in cluster.studies()}
@@ -75,25 +52,12 @@ def test_name_normalization() -> None:
     assert normalize_name("DOE^JOHN") != normalize_name("DOE^JANE")
 
 
-def _adt_a08(pid: str, name: str, birth: str, sex: str) -> str:
-    return "\r".join([
-        f"MSH|^~\\&|RIS|HOSP_A|PACS|RAD|20261123120000||ADT^A08|A08-{pid}|P|2.5",
-        "EVN|A08|20261123120000", f"PID|1||{pid}||{name}||{birth}|{sex}"]) + "\r"
-
-
-def _export_one(c: Cluster, uid: str, out: Path) -> pydicom.Dataset:
-    c.pacs("export", uid, "--out", str(out))
-    files = list(out.iterdir())
-    assert len(files) == 1
-    return pydicom.dcmread(files[0])
-
-
 def test_reconcile_accept_reject_and_renames_reach_exports(cluster: Cluster, tmp_path: Path) -> None:
-    _order(cluster, "R-1", "PR1", "RIGHT^RITA", "19600101", "F")
-    _order(cluster, "R-2", "PR2", "OK^OLIVER", "19650202", "M")
-    wrong = _send_study(cluster, tmp_path / "wrong", "R-1", "PR1", "WRONG^RITA", "19600101", "F")
-    fine = _send_study(cluster, tmp_path / "fine", "R-2", "PR2", "OK^OLIVER", "19650202", "M")
-    odd = _send_study(cluster, tmp_path / "odd", "R-2", "PR9", "ODD^OTTO", "19650202", "M")
+    order(cluster, "R-1", "PR1", "RIGHT^RITA", "19600101", "F")
+    order(cluster, "R-2", "PR2", "OK^OLIVER", "19650202", "M")
+    wrong = send_study(cluster, tmp_path / "wrong", "R-1", "PR1", "WRONG^RITA", "19600101", "F")
+    fine = send_study(cluster, tmp_path / "fine", "R-2", "PR2", "OK^OLIVER", "19650202", "M")
+    odd = send_study(cluster, tmp_path / "odd", "R-2", "PR9", "ODD^OTTO", "19650202", "M")
     cluster.wait_indexed(3)
     assert {q["study_instance_uid"] for q in cluster.pacs_json("quarantine", "list")} == {wrong, odd}
 
@@ -108,15 +72,14 @@ def test_reconcile_accept_reject_and_renames_reach_exports(cluster: Cluster, tmp
     assert "typo at the modality" in " ".join(cluster.pacs("quarantine", "show", wrong).stdout.split())
     assert cluster.pacs_json("quarantine", "show", odd)["validation_detail"]["decision"]["status"] == "rejected"
 
-    ds = _export_one(cluster, wrong, tmp_path / "exp-wrong")
+    ds = export_one(cluster, wrong, tmp_path / "exp-wrong")
     assert ds.PatientName == "RIGHT^RITA"
     original = ds.OriginalAttributesSequence[-1]
     assert original.ModifiedAttributesSequence[0].PatientName == "WRONG^RITA"
     assert original.ReasonForTheAttributeModification == "COERCE"
 
-    with MLLPClient("127.0.0.1", cluster.hl7_port) as client:
-        client.send_message(_adt_a08("PR2", "OK^OLIVIA", "19650202", "F"))
-    renamed = _export_one(cluster, fine, tmp_path / "exp-fine")
+    send(cluster, adt("A08", "A08-PR2", "PR2", "OK^OLIVIA", "19650202", "F"))
+    renamed = export_one(cluster, fine, tmp_path / "exp-fine")
     assert (renamed.PatientName, renamed.PatientSex) == ("OK^OLIVIA", "F")
     assert renamed.OriginalAttributesSequence[-1].ModifiedAttributesSequence[0].PatientName == "OK^OLIVER"
     # the archived object itself is untouched: its copy still hashes to what was received
@@ -133,12 +96,30 @@ def test_reconcile_accept_reject_and_renames_reach_exports(cluster: Cluster, tmp
 
 
 def test_accept_keeps_the_study_as_received(cluster: Cluster, tmp_path: Path) -> None:
-    _order(cluster, "A-1", "PA1", "ACCEPT^ADA", "19550505", "F")
-    uid = _send_study(cluster, tmp_path / "acc", "A-1", "PA1", "ACCEPT^ADA", "19550506", "F")
+    order(cluster, "A-1", "PA1", "ACCEPT^ADA", "19550505", "F")
+    uid = send_study(cluster, tmp_path / "acc", "A-1", "PA1", "ACCEPT^ADA", "19550506", "F")
     cluster.wait_indexed(1)
     no_reason = cluster.pacs("quarantine", "accept", uid, "--reason", " ", check=False)
     assert no_reason.returncode == 2 and "why" in no_reason.stderr
     cluster.pacs("quarantine", "accept", uid, "--reason", "birth date confirmed with the patient")
     assert {s["study_instance_uid"]: s["validation_status"] for s in cluster.studies()}[uid] == "accepted"
-    exported = _export_one(cluster, uid, tmp_path / "exp")
+    exported = export_one(cluster, uid, tmp_path / "exp")
     assert exported.PatientBirthDate == "19550506" and "OriginalAttributesSequence" not in exported
+
+
+def test_coerce_policy_takes_the_order_demographics(make_cluster: Callable[..., Cluster], tmp_path: Path) -> None:
+    c = make_cluster(PACS_VALIDATION_POLICY="coerce").start()
+    order(c, "C-1", "PC1", "COERCE^CORA", "19720707", "F")
+    uid = send_study(c, tmp_path / "s", "C-1", "PC1", "COERSE^CORA", "19720708", "F")
+    c.wait_indexed(1)
+    listed = {s["study_instance_uid"]: s for s in c.studies()}
+    assert listed[uid]["validation_status"] == "coerced", "coerced studies are in the clinical list"
+    assert (listed[uid]["patient_name"], listed[uid]["patient_birth_date"]) == ("COERCE^CORA", "19720707")
+    assert c.pacs_json("quarantine", "list") == []
+    assert c.pacs_json("study", "show", uid)["validation_detail"]["differences"] == {
+        "patient_name": {"images": "COERSE^CORA", "ris": "COERCE^CORA"},
+        "patient_birth_date": {"images": "19720708", "ris": "19720707"}}
+    ds = export_one(c, uid, tmp_path / "exp")
+    assert (ds.PatientName, ds.PatientBirthDate) == ("COERCE^CORA", "19720707")
+    replaced = ds.OriginalAttributesSequence[-1].ModifiedAttributesSequence[0]
+    assert (replaced.PatientName, replaced.PatientBirthDate) == ("COERSE^CORA", "19720708")

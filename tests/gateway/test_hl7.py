@@ -9,9 +9,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 
-import hl7
 import pytest
-from hl7.client import MLLPClient
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pynetdicom import AE
@@ -19,8 +17,7 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind
 
 from gateway.hl7 import FrameReader
 from tests.cluster import Cluster
-
-VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
+from tests.ris import CR, FS, VT, ack_code, adt, msh, orm, send
 
 
 @pytest.fixture(scope="module")
@@ -29,42 +26,6 @@ def ris_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c.start()
     yield c
     c.destroy()
-
-
-def msh(kind: str, control: str, facility: str = "HOSP_A") -> str:
-    return f"MSH|^~\\&|RIS|{facility}|PACS|RAD|20261123120000||{kind}|{control}|P|2.5"
-
-
-def adt(event: str, control: str, pid: str, name: str, birth: str = "19700101", sex: str = "M",
-        facility: str = "HOSP_A", authority: str = "") -> str:
-    ident = f"{pid}^^^{authority}^MR" if authority else pid
-    return "\r".join([msh(f"ADT^{event}", control, facility), f"EVN|{event}|20261123120000",
-                      f"PID|1||{ident}||{name}||{birth}|{sex}"]) + "\r"
-
-
-def orm(control: str, order_control: str, accession: str, pid: str = "P100", name: str = "ORDER^OLGA",
-        start: str = "202611241030", modality: str = "CT", station: str = "CT01", status: str = "") -> str:
-    return "\r".join([
-        msh("ORM^O01", control), f"PID|1||{pid}||{name}||19800202|F",
-        f"ORC|{order_control}|PL-{accession}|FI-{accession}||{status}||^^^{start}",
-        _segment("OBR", {1: "1", 2: f"PL-{accession}", 3: f"FI-{accession}", 4: "CTCHEST^CT chest",
-                         18: accession, 19: f"RP-{accession}", 20: f"SPS-{accession}", 21: station,
-                         24: modality})]) + "\r"
-
-
-def _segment(name: str, fields: dict[int, str]) -> str:
-    """A segment with these fields at their HL7 positions."""
-    return "|".join([name] + [fields.get(i, "") for i in range(1, max(fields) + 1)])
-
-
-def send(c: Cluster, message: str) -> hl7.Message:
-    with MLLPClient("127.0.0.1", c.hl7_port) as client:
-        reply = client.send_message(message)
-    return hl7.parse(reply.decode().strip(VT.decode() + FS.decode() + CR.decode()))
-
-
-def ack_code(ack: hl7.Message) -> str:
-    return str(ack.segment("MSA")[1])
 
 
 def patients(c: Cluster) -> dict[tuple[str, str], dict]:
@@ -187,17 +148,29 @@ def test_framing_split_joined_and_garbage(ris_cluster: Cluster) -> None:
     assert {("P501", "HOSP_A"), ("P502", "HOSP_A")} <= set(patients(ris_cluster))
 
 
+@pytest.mark.parametrize("head", ["MSH|^|RIS|HOSP_A", "MSH|^^\\&|RIS|HOSP_A", "MSHX^~\\&XRISXHOSP_A",
+                                  "MSH||RIS|HOSP_A"])
+def test_broken_encoding_characters_are_rejected(ris_cluster: Cluster, head: str) -> None:
+    message = f"{head}|PACS|RAD|20261123||ADT^A08|ENC-1|P|2.5\rPID|1||P700||BROKEN^BEA\r"
+    with _raw(ris_cluster) as s:
+        s.sendall(VT + message.encode() + FS + CR)
+        ack = _read_acks(s, 1)[0]
+    assert "MSA|AR|" in ack and "delimiters" in ack
+    assert not any(pid == "P700" for pid, _ in patients(ris_cluster))
+    assert ack_code(send(ris_cluster, adt("A08", "ENC-2", "P701", "STILL^SERVING"))) == "AA"
+
+
 def test_no_msh_and_oversized_messages(ris_cluster: Cluster) -> None:
     with _raw(ris_cluster) as s:
         s.sendall(VT + b"PID|1||P1||NOMSH^NED\r" + FS + CR)
         ack = _read_acks(s, 1)[0]
     assert "MSA|AR|" in ack and "MSH" in ack
     with _raw(ris_cluster) as s:
-        s.sendall(VT + adt("A08", "BIG", "P600", "BIG^BEN").encode() + b"NTE|1||" + b"x" * (2 << 20))
-        s.settimeout(10)
-        try:
+        try:  # 10 MB: the listener stops reading after its limit and closes the connection
+            s.sendall(VT + adt("A08", "BIG", "P600", "BIG^BEN").encode() + b"NTE|1||" + b"x" * (10 << 20))
+            s.settimeout(10)
             closed = s.recv(100) == b""
-        except ConnectionResetError:
+        except (ConnectionResetError, BrokenPipeError):
             closed = True
     assert closed, "an oversized message closes its connection"
     assert ("P600", "HOSP_A") not in patients(ris_cluster)

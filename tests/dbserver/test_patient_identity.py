@@ -1,0 +1,83 @@
+"""Patient identity changes from the RIS reach studies already stored:
+ADT^A40 merges move them to the surviving patient, ADT^A47 changes the
+identifier; exports carry the new values with the old ones in the Original
+Attributes Sequence; the archived files are never rewritten. Real HL7 over
+MLLP, real C-STOREs with dcmtk."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from tests.cluster import Cluster
+from tests.ris import ack_code, adt, export_one, order, send, send_study
+
+
+def _patients(c: Cluster) -> dict[str, dict]:
+    return {p["patient_id"]: p for p in c.pacs_json("ris", "patients") if p["issuer_of_patient_id"] == "HOSP_A"}
+
+
+def _study(c: Cluster, uid: str) -> dict:
+    return c.pacs_json("study", "show", uid)
+
+
+def test_merge_moves_stored_studies_and_reaches_exports(cluster: Cluster, tmp_path: Path) -> None:
+    order(cluster, "MG-1", "PM1", "MERGE^MARY", "19700101", "F")
+    first = send_study(cluster, tmp_path / "first", "MG-1", "PM1", "MERGE^MARY", "19700101", "F")
+    cluster.wait_indexed(1)
+    assert _study(cluster, first)["validation_status"] == "verified"
+    assert ack_code(send(cluster, adt("A01", "MG-A01", "PM2", "MERGED^MARY^ANN", "19700101", "F"))) == "AA"
+
+    ack = send(cluster, adt("A40", "MG-A40", "PM2", "MERGED^MARY^ANN", "19700101", "F", prior="PM1"))
+    assert ack_code(ack) == "AA", str(ack)
+    found = _patients(cluster)
+    assert "PM1" not in found
+    assert found["PM2"]["prior_ids"] == [{"patient_id": "PM1", "issuer_of_patient_id": "HOSP_A", "event": "A40"}]
+    shown = _study(cluster, first)
+    assert (shown["patient_id"], shown["patient_name"]) == ("PM2", "MERGED^MARY^ANN")
+    assert {o["accession_number"]: o["patient_id"] for o in cluster.pacs_json("ris", "orders")}["MG-1"] == "PM2"
+
+    ds = export_one(cluster, first, tmp_path / "exp")
+    assert (ds.PatientID, ds.PatientName) == ("PM2", "MERGED^MARY^ANN")
+    replaced = ds.OriginalAttributesSequence[-1].ModifiedAttributesSequence[0]
+    assert (replaced.PatientID, replaced.PatientName) == ("PM1", "MERGE^MARY")
+    stored = shown["series"][0]["instances"][0]
+    copy = cluster.data_dir / "archive" / "cache" / stored["copies"][0]["locator"]
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == stored["sha256"]
+
+    # a later study still carrying the old identifier matches the surviving patient's order
+    order(cluster, "MG-2", "PM2", "MERGED^MARY^ANN", "19700101", "F")
+    later = send_study(cluster, tmp_path / "later", "MG-2", "PM1", "MERGED^MARY^ANN", "19700101", "F", seed=2)
+    cluster.wait_indexed(2)
+    assert _study(cluster, later)["validation_status"] == "verified"
+    assert _study(cluster, later)["patient_id"] == "PM2"
+
+
+def test_identifier_change_and_bad_identity_messages(cluster: Cluster, tmp_path: Path) -> None:
+    order(cluster, "ID-1", "PX1", "CHANGE^CARL", "19600606", "M")
+    uid = send_study(cluster, tmp_path / "s", "ID-1", "PX1", "CHANGE^CARL", "19600606", "M")
+    cluster.wait_indexed(1)
+    send(cluster, adt("A01", "ID-A01", "PX9", "OTHER^OLGA", "19610101", "F"))
+    before = cluster.pacs_json("ris", "patients")
+
+    bad = [
+        (adt("A40", "BAD-1", "PX1", "CHANGE^CARL", prior="NOBODY"), "NOBODY"),
+        (adt("A40", "BAD-2", "PX1", "CHANGE^CARL"), "MRG-1"),
+        (adt("A40", "BAD-3", "PX1", "CHANGE^CARL", prior="PX1"), "itself"),
+        (adt("A47", "BAD-4", "PX9", "CHANGE^CARL", prior="PX1"), "exists already"),
+        (adt("A47", "BAD-5", "PX2", "CHANGE^CARL", prior="NOBODY"), "NOBODY"),
+    ]
+    for message, says in bad:
+        ack = send(cluster, message)
+        assert ack_code(ack) == "AE" and says in str(ack), str(ack)
+        assert str(ack.segment("ERR"))
+    assert cluster.pacs_json("ris", "patients") == before, "a refused message changes nothing"
+
+    ack = send(cluster, adt("A47", "ID-A47", "PX2", "CHANGE^CARL", "19600606", "M", prior="PX1"))
+    assert ack_code(ack) == "AA", str(ack)
+    found = _patients(cluster)
+    assert "PX1" not in found and found["PX2"]["prior_ids"][0]["patient_id"] == "PX1"
+    assert _study(cluster, uid)["patient_id"] == "PX2"
+    assert export_one(cluster, uid, tmp_path / "exp").PatientID == "PX2"
+    log = {m["message_control_id"]: m["ack_code"] for m in cluster.pacs_json("ris", "messages")}
+    assert log["ID-A47"] == "AA" and log["BAD-1"] == "AE"

@@ -1,0 +1,107 @@
+"""Reports back to the RIS: ``pacs report add`` queues an ORU^R01 that the
+gateway delivers over real MLLP to the RIS of the study's domain, retried
+while the RIS is down or refuses it, kept across a restart of every
+service, and delivered exactly once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import hl7
+
+from tests.cluster import Cluster, free_port
+from tests.ris import MllpReceiver, order, send_study
+
+
+def _outbox(c: Cluster) -> list[dict]:
+    return c.pacs_json("hl7", "outbox")
+
+
+def _wait(what: Callable[[], object], timeout: float = 60.0) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise TimeoutError("condition not met")
+
+
+def test_report_waits_for_the_ris_survives_a_restart_and_arrives_once(
+        make_cluster: Callable[..., Cluster], tmp_path: Path) -> None:
+    ris_port = free_port()
+    c = make_cluster(PACS_HL7_RETRY_MAX_SECONDS="1").start()
+    c.pacs("ris", "domain", "add", "HOSP_A", "--facility", "HOSP_A", "--report-host", "127.0.0.1",
+           "--report-port", str(ris_port), "--application", "RIS")
+    order(c, "RP-1", "PR1", "REPORT^RUTH", "19750505", "F")
+    uid = send_study(c, tmp_path / "s", "RP-1", "PR1", "REPORT^RUTH", "19750505", "F")
+    c.wait_indexed(1)
+    text = tmp_path / "report.txt"
+    text.write_text("FINDINGS: No acute abnormality.\nIMPRESSION: Normal | chest ^ CT.\n")
+    added = c.pacs("report", "add", uid, "--file", str(text), "--author", "DOC^DORA")
+    assert "queued (127.0.0.1:" in " ".join(added.stdout.split())
+    assert c.pacs_json("study", "show", uid)["reading_status"] == "reported"
+
+    # the RIS is down: the report waits, attempts counted, the error shown
+    _wait(lambda: (_outbox(c)[0]["attempts"] >= 2) and _outbox(c)[0]["last_error"])
+    waiting = _outbox(c)[0]
+    assert waiting["state"] == "waiting" and "refused" in waiting["last_error"].lower()
+    control_id = waiting["message_control_id"]
+
+    c.stop()
+    c.start()
+    assert _outbox(c)[0]["state"] == "waiting", "the outbox survives a restart"
+
+    receiver = MllpReceiver(ris_port).start()
+    try:
+        _wait(lambda: _outbox(c)[0]["state"] == "sent")
+        time.sleep(3)  # a few more sender rounds: nothing is sent again
+        assert receiver.control_ids() == [control_id]
+        oru = hl7.parse(receiver.received[0])
+        assert str(oru.segment("MSH")[9]) == "ORU^R01^ORU_R01"
+        assert str(oru.segment("MSH")[5]) == "RIS" and str(oru.segment("MSH")[6]) == "HOSP_A"
+        assert str(oru.segment("PID")[3][0][0]) == "PR1" and str(oru.segment("PID")[5]) == "REPORT^RUTH"
+        obr = oru.segment("OBR")
+        assert str(obr[18]) == "RP-1" and str(obr[25]) == "F" and str(obr[32]) == "DOC^DORA"
+        obx = oru.segments("OBX")
+        assert str(obx[0][5]) == uid
+        assert [oru.unescape(str(s[5])) for s in obx[1:]] == [
+            "FINDINGS: No acute abnormality.", "IMPRESSION: Normal | chest ^ CT.", ""]
+        log = [m for m in c.pacs_json("ris", "messages") if m["direction"] == "out"]
+        assert log[0]["message_control_id"] == control_id and log[0]["ack_code"] == "AA"
+
+        # a RIS that answers AE gets the same message again until it answers AA
+        receiver.code = "AE"
+        text.write_text("ADDENDUM: none.")
+        c.pacs("report", "add", uid, "--file", str(text), "--author", "DOC^DORA")
+        _wait(lambda: len(receiver.received) >= 3)
+        second = [m for m in _outbox(c) if m["message_control_id"] != control_id][0]
+        assert second["state"] == "waiting" and "AE" in second["last_error"]
+        receiver.code = "AA"
+        _wait(lambda: all(m["state"] == "sent" for m in _outbox(c)))
+        ids = receiver.control_ids()
+        assert ids.count(control_id) == 1 and set(ids) == {control_id, second["message_control_id"]}
+        assert [r["sent_to_ris"] for r in c.pacs_json("report", "list", uid)] == [True, True]
+    finally:
+        receiver.stop()
+
+
+def test_bad_reports_are_refused(cluster: Cluster, tmp_path: Path) -> None:
+    order(cluster, "RQ-1", "PQ1", "RIGHT^ROSE", "19800808", "F")
+    hidden = send_study(cluster, tmp_path / "q", "RQ-1", "PQ1", "WRONG^ROSE", "19800808", "F")
+    cluster.wait_indexed(1)
+    text = tmp_path / "r.txt"
+    text.write_text("IMPRESSION: normal.")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    for args, code, says in [
+        ((hidden, "--file", str(text), "--author", "DOC^DORA"), 2, "quarantined"),
+        (("1.2.3.4.999", "--file", str(text), "--author", "DOC^DORA"), 1, "no study"),
+        (("1.2.3/../4", "--file", str(text), "--author", "DOC^DORA"), 2, "UID"),
+        ((hidden, "--file", str(empty), "--author", "DOC^DORA"), 2, "empty"),
+    ]:
+        res = cluster.pacs("report", "add", *args, check=False)
+        assert res.returncode == code and says in res.stderr, (args, res.stderr)
+    assert cluster.pacs_json("hl7", "outbox") == []
