@@ -232,6 +232,9 @@ def encode(
     nf, rows, cols, ns = planes.shape
     if levels is None:
         levels = default_levels(rows, cols)
+        if lossy_psnr is not None:  # the 9/7 needs a few levels to decorrelate
+            while levels < 5 and min(rows, cols) >> (levels + 1) >= 8:
+                levels += 1
     if not 0 <= int(levels) <= 30:
         raise InvalidInputError(f"levels {levels}: 0..30")
     levels = int(levels)

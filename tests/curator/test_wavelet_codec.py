@@ -1,0 +1,228 @@
+"""Progressive prefixes, random images, corrupt input and lossy mode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydicom.data import get_testdata_file
+
+from curator import wavelet
+from curator.wavelet import _lifting
+
+
+def _planes(arr, frames=False):
+    a = arr.astype(np.int32)
+    if not frames:
+        a = a[None]
+    if a.ndim == 3:
+        a = a[..., None]
+    return a
+
+
+def _reference(arr, level, bits, signed, frames=False):
+    """The LL image at ``level`` computed with the reference lifting, laid
+    out and clipped as ``decode`` returns it."""
+    planes = _planes(arr, frames)
+    rct = planes.shape[-1] == 3
+    ll = _lifting.lowpass(planes, level, rct)
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    ll = np.clip(ll, lo, hi)
+    if not frames:
+        ll = ll[0]
+    if arr.ndim == (3 if frames else 2):
+        ll = ll[..., 0]
+    return ll.astype(arr.dtype)
+
+
+@pytest.fixture(scope="module")
+def ct():
+    return pydicom.dcmread(get_testdata_file("CT_small.dcm")).pixel_array
+
+
+@pytest.fixture(scope="module")
+def mr_frames():
+    return pydicom.dcmread(get_testdata_file("emri_small.dcm")).pixel_array  # 10 x 64 x 64, 12 bits
+
+
+def _check_prefixes(arr, data, bits, frames=False):
+    hdr = wavelet.info(data)
+    ends = [hdr.level_end(k) for k in range(hdr.levels, -1, -1)]
+    assert ends == sorted(ends) and ends[-1] == len(data)
+    for k in range(hdr.levels + 1):
+        end = hdr.level_end(k)
+        got = wavelet.decode(data[:end], level=k)
+        assert got.shape == hdr.level_shape(k)
+        assert np.array_equal(got, _reference(arr, k, bits, arr.dtype.kind == "i", frames)), k
+        with pytest.raises(wavelet.TruncatedError):
+            wavelet.decode(data[: end - 1], level=k)
+
+
+def test_every_level_boundary_prefix_decodes_that_level(ct):
+    data = wavelet.encode(ct, levels=4)
+    assert wavelet.info(data).levels == 4
+    _check_prefixes(ct, data, 16)
+
+
+def test_multiframe_prefix_gives_every_frame_coarse_level(mr_frames):
+    data = wavelet.encode(mr_frames, frames=True, bits_stored=12, levels=3)
+    hdr = wavelet.info(data)
+    assert hdr.frames == 10 and hdr.frame_axis
+    coarse = [c for c in hdr.chunks if c.level == 3]
+    assert max(c.end for c in coarse) == hdr.level_end(3) <= min(c.offset for c in hdr.chunks if c.level < 3)
+    _check_prefixes(mr_frames, data, 12, frames=True)
+
+
+def test_index_describes_byte_ranges(ct):
+    data = wavelet.encode(ct)
+    hdr = wavelet.info(data[: wavelet.info(data).index_end])  # the index alone is enough
+    assert (hdr.rows, hdr.cols, hdr.frames, hdr.samples, hdr.bits_stored, hdr.signed) == (128, 128, 1, 1, 16, True)
+    assert hdr.levels == wavelet.default_levels(128, 128) == 1
+    assert hdr.chunks[0].offset == hdr.index_end
+    for a, b in zip(hdr.chunks, hdr.chunks[1:]):
+        assert a.end == b.offset
+
+
+def test_info_of_short_prefix_is_truncated(ct):
+    data = wavelet.encode(ct)
+    for n in (0, 3, 20, wavelet.info(data).index_end - 1):
+        with pytest.raises(wavelet.TruncatedError):
+            wavelet.info(data[:n])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.integers(1, 300),
+    cols=st.integers(1, 300),
+    bits=st.integers(1, 16),
+    signed=st.booleans(),
+    samples=st.sampled_from([1, 3]),
+    frames=st.integers(1, 3),
+    smooth=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+    levels=st.none() | st.integers(0, 6),
+)
+def test_random_images_round_trip(rows, cols, bits, signed, samples, frames, smooth, seed, levels):
+    rng = np.random.default_rng(seed)
+    if rows * cols * frames > 40_000:  # keep the property test fast
+        rows = max(1, 40_000 // (cols * frames))
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    shape = (frames, rows, cols, samples)
+    if smooth:
+        base = np.cumsum(np.cumsum(rng.integers(-2, 3, shape), axis=1), axis=2)
+        a = np.clip(base + (lo + hi) // 2, lo, hi)
+    else:
+        a = rng.integers(lo, hi, size=shape, endpoint=True)
+    dtype = (np.int16 if bits > 8 else np.int8) if signed else (np.uint16 if bits > 8 else np.uint8)
+    a = a.astype(dtype)
+    if samples == 1:
+        a = a[..., 0]
+    multi = frames > 1
+    if not multi:
+        a = a[0]
+    data = wavelet.encode(a, bits_stored=bits, frames=multi, levels=levels)
+    out = wavelet.decode(data)
+    assert out.dtype == a.dtype and np.array_equal(out, a)
+    hdr = wavelet.info(data)
+    k = hdr.levels
+    assert np.array_equal(wavelet.decode(data[: hdr.level_end(k)], k), _reference(a, k, bits, signed, multi))
+
+
+def test_values_outside_bits_stored_are_an_error():
+    with pytest.raises(wavelet.InvalidInputError):
+        wavelet.encode(np.array([[0, 4096]], np.uint16), bits_stored=12)
+    with pytest.raises(wavelet.InvalidInputError):
+        wavelet.encode(np.array([[-2049, 0]], np.int16), bits_stored=12)
+    with pytest.raises(ValueError):  # InvalidInputError is also a ValueError
+        wavelet.encode(np.array([[2, 0]], np.uint8), bits_stored=1)
+    with pytest.raises(wavelet.InvalidInputError):
+        wavelet.encode(np.zeros((4, 4), np.uint32))  # needs bits_stored
+    with pytest.raises(wavelet.InvalidInputError):
+        wavelet.encode(np.zeros((4, 4), np.float32))
+    with pytest.raises(wavelet.InvalidInputError):
+        wavelet.encode(np.zeros((4, 4), np.uint16), bits_stored=17)
+    assert wavelet.decode(wavelet.encode(np.zeros((4, 4), np.uint32), bits_stored=16)).dtype == np.uint32
+
+
+def test_wrong_magic_and_version(ct):
+    data = bytearray(wavelet.encode(ct))
+    with pytest.raises(wavelet.UnsupportedError):
+        wavelet.decode(b"JUNK" + bytes(data[4:]))
+    data[4] = 99
+    with pytest.raises(wavelet.UnsupportedError):
+        wavelet.decode(bytes(data))
+    with pytest.raises(wavelet.InvalidInputError):
+        wavelet.decode(wavelet.encode(ct), level=9)
+
+
+def test_flipped_bytes_raise_package_errors(ct):
+    data = wavelet.encode(ct)
+    rng = np.random.default_rng(7)
+    for pos in [*range(0, wavelet.info(data).index_end), *rng.integers(0, len(data), 150)]:
+        bad = bytearray(data)
+        bad[pos] ^= 1 << int(rng.integers(0, 8))
+        with pytest.raises(wavelet.WaveletError):
+            wavelet.decode(bytes(bad))
+    for n in rng.integers(0, len(data), 30):
+        with pytest.raises(wavelet.WaveletError):
+            wavelet.decode(data[:n])
+
+
+def test_damaged_chunk_body_never_hangs(ct):
+    """Garbage that passes the checksums (rewritten CRCs): the entropy
+    decoder must end and raise, or return an image, never crash."""
+    import zlib
+
+    from curator.wavelet import _container
+
+    data = wavelet.encode(ct)
+    hdr = wavelet.info(data)
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        body = bytearray(data)
+        chunk = hdr.chunks[trial % len(hdr.chunks)]
+        for pos in rng.integers(chunk.offset + 4, chunk.end, 8):
+            body[pos] = int(rng.integers(0, 256))
+        # recompute the chunk CRC and the header CRC
+        blobs = [[bytes(body[c.offset : c.end]) for c in sorted(hdr.chunks, key=lambda c: -c.level) if c.frame == f]
+                 for f in range(hdr.frames)]  # fmt: skip
+        blobs = [list(reversed(b)) for b in blobs]
+        fields = dict(rows=hdr.rows, cols=hdr.cols, frames=hdr.frames, samples=hdr.samples,
+                      bits_stored=hdr.bits_stored, itemsize=hdr.itemsize, levels=hdr.levels, flags=1,
+                      quant_step=0.0, target_psnr=0.0, recon_offset=0.0)  # fmt: skip
+        rebuilt = _container.pack(fields, blobs)
+        assert zlib.crc32(rebuilt) != zlib.crc32(data) or trial
+        try:
+            out = wavelet.decode(rebuilt)
+        except wavelet.WaveletError:
+            continue
+        assert out.shape == ct.shape
+
+
+def _psnr(a, b, peak):
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return 10 * np.log10(peak**2 / mse) if mse else np.inf
+
+
+@pytest.mark.parametrize("target", [40.0, 50.0])
+def test_lossy_meets_target_psnr(target):
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    arr = ds.pixel_array
+    data = wavelet.encode(arr, lossy_psnr=target)
+    hdr = wavelet.info(data)
+    assert hdr.lossy and hdr.target_psnr == target and hdr.quant_step > 0
+    out = wavelet.decode(data)
+    assert out.dtype == arr.dtype and out.shape == arr.shape
+    assert _psnr(arr, out, 2**16 - 1) >= target
+    assert len(data) < len(wavelet.encode(arr))
+    preview = wavelet.decode(data[: hdr.level_end(1)], level=1)
+    assert preview.shape == (32, 32)
+
+
+def test_lossy_real_ct_and_lossless_flag(ct):
+    data = wavelet.encode(ct, lossy_psnr=45, bits_stored=16)
+    assert wavelet.info(data).lossy
+    assert _psnr(ct, wavelet.decode(data), 2**16 - 1) >= 45
+    assert not wavelet.info(wavelet.encode(ct)).lossy
