@@ -77,6 +77,31 @@ def quarantine_reject(uid: str, reason: Annotated[str, typer.Option(help="why")]
     _decide(uid, "reject", reason)
 
 
+@quarantine_app.command("purge")
+def quarantine_purge(uid: str, reason: Annotated[str, typer.Option(help="why")],
+                     yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False) -> None:
+    """Delete a rejected study for good: its index rows now, its objects from the archive."""
+    import getpass
+
+    from dbserver.purge import purge_study
+    from services.db import run_in_transaction
+    from services.errors import PacsError
+
+    settings = _settings()
+    _ready(settings)
+    if not yes:
+        typer.confirm(f"Delete study {uid} and every object of it for good?", abort=True)
+    try:
+        result = run_in_transaction(lambda s: purge_study(s, uid, f"cli:{getpass.getuser()}", reason), settings)
+    except PacsError as exc:
+        _fail(str(exc), 2)
+    except LookupError as exc:
+        _fail(str(exc).strip("'\""))
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    out.print(f"{uid}: purged, {result['instances']} instances; the archive deletes {result['objects']} objects")
+
+
 @quarantine_app.command("show")
 def quarantine_show(uid: str, as_json: JsonOpt = False) -> None:
     """A study's validation: its order, what differs, the decision taken."""

@@ -1,5 +1,6 @@
-"""``pacs serve archive``: the object endpoint (HTTP, on PACS_ARCHIVE_PORT)
-and the Celery worker of queue ``archive``, in one process."""
+"""``pacs serve archive``: the object endpoint (HTTP, on PACS_ARCHIVE_PORT),
+the Celery worker of queue ``archive`` and the ticker that deletes purged
+copies, in one process."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ import uvicorn
 
 from archive import tasks
 from archive.server import create_app
-from archive.store import ensure_inbox
+from archive.store import delete_purged, ensure_inbox
 from services.heartbeat import start_heartbeat
 from services.settings import Settings
 from services.tasks import Q_ARCHIVE
-from services.worker import run_worker
+from services.worker import run_worker, ticker
 
 
 def serve(settings: Settings) -> None:
@@ -23,4 +24,5 @@ def serve(settings: Settings) -> None:
                             log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     threading.Thread(target=server.run, name="archive-http", daemon=True).start()
+    ticker("purged-copies", settings.sweep_interval_seconds, lambda: delete_purged(settings))
     run_worker(settings, "archive", [Q_ARCHIVE], [tasks.register])

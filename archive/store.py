@@ -11,8 +11,9 @@ import logging
 import os
 from pathlib import Path
 
+from sqlalchemy import delete, select, update
 
-from dbserver.models import ObjectCopy, utcnow
+from dbserver.models import Instance, ObjectCopy, SupersededObject, utcnow
 from services.db import run_in_transaction
 from services.settings import Settings, get_settings
 from services.sqlutil import upsert
@@ -93,3 +94,36 @@ def accept_from_inbox(announced: list[list], settings: Settings | None = None) -
             taken.append((sha, key, sizes[key]))
     record_copies(taken, settings=settings)
     return len(taken)
+
+
+def delete_purged(settings: Settings | None = None, limit: int = 500) -> int:
+    """Delete the copies a purge marked (:mod:`dbserver.purge`) from this
+    archive's tiers, and their rows; a marked object that is registered
+    again meanwhile is kept. Returns how many copies were deleted."""
+    settings = settings or get_settings()
+    store = cache_store(settings)
+
+    def work(session) -> int:  # noqa: ANN001
+        marked = session.execute(select(ObjectCopy.id, ObjectCopy.sha256, ObjectCopy.tier, ObjectCopy.locator)
+                                 .where(ObjectCopy.purge_requested_at.is_not(None)).limit(limit)
+                                 .with_for_update()).all()
+        if not marked:
+            return 0
+        shas = {sha for _, sha, _, _ in marked}
+        wanted = set(session.scalars(select(Instance.sha256).where(Instance.sha256.in_(shas))))
+        wanted |= set(session.scalars(select(SupersededObject.sha256).where(SupersededObject.sha256.in_(shas))))
+        if wanted:
+            session.execute(update(ObjectCopy).where(ObjectCopy.sha256.in_(wanted))
+                            .values(purge_requested_at=None))
+        # this archive deletes from its cache tier; a copy on another tier waits for its owner
+        gone = [(row_id, tier, locator) for row_id, sha, tier, locator in marked
+                if sha not in wanted and tier == TIER_CACHE]
+        for _, _, locator in gone:
+            store.delete(locator)
+        session.execute(delete(ObjectCopy).where(ObjectCopy.id.in_([row_id for row_id, _, _ in gone])))
+        return len(gone)
+
+    deleted = run_in_transaction(work, settings)
+    if deleted:
+        LOG.info("deleted %d purged object copies", deleted)
+    return deleted

@@ -202,6 +202,8 @@ class ObjectCopy(Base):
     locator: Mapped[str] = mapped_column(String(512))
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     verified_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+    # set by an explicit purge (dbserver.purge): the archive deletes this copy
+    purge_requested_at: Mapped[datetime | None] = mapped_column(TS, nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
 
 

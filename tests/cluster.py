@@ -164,9 +164,10 @@ class Cluster:
             return ""
 
     # --- commands ---------------------------------------------------------------
-    def pacs(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    def pacs(self, *args: str, check: bool = True, timeout: float = 300,
+             input: str | None = None) -> subprocess.CompletedProcess:  # noqa: A002 - subprocess's name
         return subprocess.run([sys.executable, "-m", "admin.cli", *args], env=self.env, capture_output=True,
-                              text=True, check=check, timeout=timeout)
+                              text=True, check=check, timeout=timeout, input=input)
 
     def pacs_json(self, *args: str) -> Any:
         return json.loads(self.pacs(*args, "--json").stdout)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -84,7 +85,8 @@ def test_reconcile_accept_reject_and_renames_reach_exports(cluster: Cluster, tmp
     assert renamed.OriginalAttributesSequence[-1].ModifiedAttributesSequence[0].PatientName == "OK^OLIVER"
     # the archived object itself is untouched: its copy still hashes to what was received
     stored = cluster.pacs_json("study", "show", fine)["series"][0]["instances"][0]
-    copy = cluster.data_dir / "archive" / "cache" / stored["copies"][0]["locator"]
+    cache = cluster.data_dir / "archive" / "cache"
+    copy = cache / stored["copies"][0]["locator"]
     assert hashlib.sha256(copy.read_bytes()).hexdigest() == stored["sha256"]
     assert pydicom.dcmread(copy).PatientName == "OK^OLIVER"
 
@@ -93,6 +95,25 @@ def test_reconcile_accept_reject_and_renames_reach_exports(cluster: Cluster, tmp
                              "('quarantine-reconcile', 'quarantine-accept', 'quarantine-reject')").fetchall()
     assert {a for a, _ in actions} == {"quarantine-reconcile", "quarantine-reject"}
     assert any("wrong patient scanned" in d for _, d in actions)
+
+
+    # a rejected study, and only a rejected one, can be purged: index rows at once, objects by the archive
+    odd_copy = cache / cluster.pacs_json("study", "show", odd)["series"][0]["instances"][0]["copies"][0]["locator"]
+    assert odd_copy.is_file()
+    refused = cluster.pacs("quarantine", "purge", fine, "--reason", "test", "--yes", check=False)
+    assert refused.returncode == 2 and "only a rejected study" in refused.stderr
+    assert cluster.pacs("quarantine", "purge", odd, "--reason", "wrong patient", check=False,
+                        input="n\n").returncode != 0, "purge asks first"
+    cluster.pacs("quarantine", "purge", odd, "--reason", "wrong patient, images not needed", "--yes")
+    assert cluster.pacs("study", "show", odd, check=False).returncode == 1
+    deadline = time.monotonic() + 30
+    while odd_copy.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not odd_copy.exists(), "the archive deletes a purged study's objects"
+    assert copy.is_file() and cluster.status()["counts"]["instances"] == 2
+    with sqlite3.connect(cluster.data_dir / "pacs.db") as db:
+        assert db.execute("SELECT count(*) FROM object_copies WHERE purge_requested_at IS NOT NULL").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM audit_events WHERE action = 'quarantine-purge'").fetchone() == (1,)
 
 
 def test_accept_keeps_the_study_as_received(cluster: Cluster, tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ def _wait(what: Callable[[], object], timeout: float = 60.0) -> object:
 def test_report_waits_for_the_ris_survives_a_restart_and_arrives_once(
         make_cluster: Callable[..., Cluster], tmp_path: Path) -> None:
     ris_port = free_port()
-    c = make_cluster(PACS_HL7_RETRY_MAX_SECONDS="1").start()
+    c = make_cluster("postgres", PACS_HL7_RETRY_MAX_SECONDS="1").start()  # as docker-compose runs it
     c.pacs("ris", "domain", "add", "HOSP_A", "--facility", "HOSP_A", "--report-host", "127.0.0.1",
            "--report-port", str(ris_port), "--application", "RIS")
     order(c, "RP-1", "PR1", "REPORT^RUTH", "19750505", "F")

@@ -1,4 +1,4 @@
-"""patient merges, RIS domains, reports and the HL7 outbox
+"""patient merges, RIS domains, reports, the HL7 outbox, purges
 
 Revision ID: 0005
 Revises: 0004
@@ -83,6 +83,11 @@ def upgrade() -> None:
     with op.batch_alter_table('orders', schema=None) as batch_op:
         batch_op.add_column(sa.Column('source', sa.String(length=8), nullable=False, server_default='hl7'))
 
+    with op.batch_alter_table('object_copies', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('purge_requested_at', sa.DateTime(timezone=True), nullable=True))
+        batch_op.create_index(batch_op.f('ix_object_copies_purge_requested_at'), ['purge_requested_at'],
+                              unique=False)
+
     with op.batch_alter_table('patients', schema=None) as batch_op:
         batch_op.add_column(sa.Column('ris_updated_at', sa.DateTime(timezone=True), nullable=True))
 
@@ -98,6 +103,10 @@ def downgrade() -> None:
 
     with op.batch_alter_table('patients', schema=None) as batch_op:
         batch_op.drop_column('ris_updated_at')
+
+    with op.batch_alter_table('object_copies', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_object_copies_purge_requested_at'))
+        batch_op.drop_column('purge_requested_at')
 
     with op.batch_alter_table('orders', schema=None) as batch_op:
         batch_op.drop_column('source')
