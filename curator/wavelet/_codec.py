@@ -12,6 +12,8 @@ from ._errors import CorruptError, InvalidInputError, TruncatedError
 WAVELET_LOSSY = "bior4.4"
 RECON_OFFSET = 0.375  # dequantisation point inside a quantiser interval
 _EMPTY = np.zeros((0, 0), np.int32)
+CHUNK_MANTISSA = 1  # chunk flag: the top mantissa bits are modelled
+MANTISSA_MODE_GAIN = 0.1  # estimated saving that turns it on
 
 
 def default_levels(rows: int, cols: int) -> int:
@@ -30,18 +32,41 @@ def _other(shape, parent, cross):
     """Parent/cross activity of a band: 2*|parent(i>>1, j>>1)| (indices
     clamped to the parent band) plus the magnitudes of the co-located
     coefficients of the bands coded before it at this level."""
-    r, c = shape
-    oth = np.zeros(shape, np.int32)
-    if r == 0 or c == 0:
-        return oth
-    if parent is not None and parent.size:
-        pr = np.minimum(np.arange(r) >> 1, parent.shape[0] - 1)
-        pc = np.minimum(np.arange(c) >> 1, parent.shape[1] - 1)
-        oth += 2 * parent[pr[:, None], pc[None, :]]
-    for m in cross:
-        rr, cc = min(r, m.shape[0]), min(c, m.shape[1])
-        oth[:rr, :cc] += m[:rr, :cc]
+    oth = np.empty(shape, np.int32)
+    par = _EMPTY if parent is None else parent
+    c1 = cross[0] if len(cross) > 0 else _EMPTY
+    c2 = cross[1] if len(cross) > 1 else _EMPTY
+    ent.other_activity(oth, par, c1, c2, len(cross))
     return oth
+
+
+def _mantissa_gain(items) -> float:
+    """Estimated share of the mantissa bits that mantissa mode would save:
+    1 - H(top mantissa bits | band, class) / their count, from a zero-order
+    histogram of every fourth row of the detail bands."""
+    hist = []
+    for band, group, predict, _ in items:
+        if predict:
+            continue
+        m = np.abs(band[::4]).ravel()
+        m = m[m >= 4].astype(np.int64)
+        if not m.size:
+            continue
+        b = np.frexp(m.astype(np.float64))[1].astype(np.int64)  # bit length
+        nm = b - 2
+        w = np.minimum(nm, ent.MANT_BITS)
+        q = 2 * b - 2 + ((m >> nm) & 1)
+        top = (m >> (nm - w)) & ((1 << w) - 1)
+        idx = ((group % 3) * 64 + np.minimum(q, 63)) * 16 + top
+        hist.append((np.bincount(idx, minlength=3 * 64 * 16), int(w.sum())))
+    bits = sum(n for _, n in hist)
+    if bits == 0:
+        return 0.0
+    joint = sum(h for h, _ in hist).reshape(-1, 16).astype(np.float64)
+    rows = joint.sum(1, keepdims=True)
+    nz = joint > 0
+    h = -(joint[nz] * np.log2((joint / np.maximum(rows, 1))[nz])).sum()
+    return 1.0 - h / bits
 
 
 def _encode_chunk(items) -> bytes:
@@ -49,42 +74,48 @@ def _encode_chunk(items) -> bytes:
     n = sum(b.size for b, *_ in items)
     width = max((b.shape[1] for b, *_ in items), default=0)
     size = 2 * n + 40 * width + 1024
+    gain = _mantissa_gain(items)
+    mant = gain > MANTISSA_MODE_GAIN
     while True:
         st = ent.new_encoder()
-        pf, ps = ent.new_probs()
+        cdf, cnt, mcdf, mcnt = ent.new_tables()
         ac = np.empty(size, np.uint8)
-        raw = np.empty(3 * n + 16, np.uint8)
+        raw = np.empty(4 * n + 16, np.uint8)
         overflow = False
         for band, group, predict, oth in items:
             mp = np.zeros((band.shape[0] + 2, band.shape[1] + 3), np.int32)
-            if ent.encode_band(st, ac, raw, pf, ps, band, mp, oth, group, predict):
+            if ent.encode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, band, mp, oth, group, predict, mant):
                 overflow = True
                 break
         if not overflow:
             break
         size *= 4
     na, nr = ent.finish(st, ac, raw)
-    return b"".join([int(na - 1).to_bytes(4, "little"), ac[1:na].tobytes(), raw[:nr].tobytes()])
+    head = bytes([CHUNK_MANTISSA if mant else 0]) + int(na - 1).to_bytes(4, "little")
+    return b"".join([head, ac[1:na].tobytes(), raw[:nr].tobytes()])
 
 
 class _ChunkDecoder:
     def __init__(self, blob: memoryview, where: str):
-        if len(blob) < 4:
-            raise CorruptError(f"{where}: chunk shorter than its length field")
-        na = int.from_bytes(blob[:4], "little")
-        if na > len(blob) - 4:
+        if len(blob) < 5:
+            raise CorruptError(f"{where}: chunk shorter than its head")
+        if blob[0] & ~CHUNK_MANTISSA:
+            raise CorruptError(f"{where}: unknown chunk flags {blob[0]:#x}")
+        self.mant = bool(blob[0] & CHUNK_MANTISSA)
+        na = int.from_bytes(blob[1:5], "little")
+        if na > len(blob) - 5:
             raise CorruptError(f"{where}: range-coder length {na} exceeds the chunk")
         buf = np.frombuffer(blob, np.uint8)
-        self.ac = buf[4 : 4 + na]
-        self.raw = buf[4 + na :]
+        self.ac = buf[5 : 5 + na]
+        self.raw = buf[5 + na :]
         self.st = ent.new_decoder(self.ac)
-        self.pf, self.ps = ent.new_probs()
+        self.tables = ent.new_tables()
         self.where = where
 
     def band(self, shape, group, predict, oth) -> tuple[np.ndarray, np.ndarray]:
         band = np.empty(shape, np.int32)
         mp = np.zeros((shape[0] + 2, shape[1] + 3), np.int32)
-        if ent.decode_band(self.st, self.ac, self.raw, self.pf, self.ps, band, mp, oth, group, predict):
+        if ent.decode_band(self.st, self.ac, self.raw, *self.tables, band, mp, oth, group, predict, self.mant):
             raise CorruptError(f"{self.where}: entropy-coded data overrun")
         return band, mp[2:, 2:-1]
 

@@ -1,15 +1,26 @@
 """Context-modelled entropy coding of wavelet subbands (numba).
 
-Every coefficient ``v`` is split into a magnitude class ``c`` (0 for 0,
-otherwise the bit length of ``|v|``) and ``c`` raw bits (the bits of
-``|v|`` below its leading one, then the sign). The class goes through an
-adaptive binary range coder (the LZMA carry-less-cache design with 16-bit
-probabilities, each the mean of a fast and a slow estimate), binarised as
-unary steps up or down from a pivot; the raw bits go to a separate plain bit
-stream. Contexts come from already coded magnitudes: west, north, north-west,
-north-east, west-west and north-north in the same band, the parent in the
-coarser level and the co-located coefficients of the bands of the same level
-coded before. docs/wavelet-format.md specifies all of it bit for bit.
+Every coefficient ``v`` is coded as one symbol of an adaptive 16-symbol
+range coder plus raw bits. The local activity of a context (already coded
+magnitudes: west, north, north-west, north-east, west-west, north-north in
+the same band) picks a shift ``k``; the symbol is the half-octave class of
+``|v| >> k`` (0, 1, then two classes per octave: the leading one and the
+bit below it; with ``k > 0`` class 0 is the zero alone), 15 escaping to a
+raw unary extension; the bits of ``|v|`` below what the class says go to a
+separate raw bit stream with the sign. The frequency table is chosen by the
+local activity, the parent in the coarser level and the co-located
+coefficients of the bands of the same level coded before.
+
+A chunk may be in mantissa mode (synthetic images, chosen by the encoder
+from a histogram): then the top four bits below the class are coded through
+tables of their own, and every table codes with the mean of its slow
+estimate and a fast one.
+
+The coder is the LZMA carry-less range coder (32-bit range, byte-wise
+renormalisation) with 15-bit cumulative frequency tables updated after
+every symbol by an exponential step towards the coded symbol (as in AV1),
+so neither side divides; the decoder finds a symbol by counting the bounds
+below its code value. docs/wavelet-format.md specifies all of it bit for bit.
 
 The coder state of one chunk lives in an int64 array ``st`` (see ``_ST_*``)
 so that a chunk can be coded band after band from Python.
@@ -19,30 +30,43 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
+from numba.cpython.unsafe.numbers import leading_zeros
 
-MAXC = 24  # largest magnitude class: |v| < 2**24
-NODES = 2 * MAXC + 1  # per context: pivot node, MAXC up nodes, MAXC down nodes
+NSYM = 16  # symbols of a frequency table
+D = NSYM + 1  # offset of the slow estimate in a table row
+ESC = NSYM - 1  # the escape symbol: class ESC or more
+CDF_BITS = 15
+CDF_MAX = (1 << CDF_BITS) - NSYM  # stored cumulative values run 0..CDF_MAX
 NQL = 30  # quantised local activity
 NQP = 10  # quantised parent/cross activity
 NGROUPS = 7  # HL, LH, HH without parent; HL, LH, HH with parent; LL
 NCTX = NGROUPS * NQL * NQP
-MSTATES = 3  # mantissa bits so far: none, all zero, all one
-MBASE = NCTX * NODES  # mantissa nodes follow the class nodes
-NPROBS = MBASE + NGROUPS * (MAXC + 1) * MAXC * MSTATES
-P_INIT = 32768
 GROUP_LL = 6
+SHIFT_BASE = 13  # k = max(0, (ql - SHIFT_BASE) >> 1)
+MAX_MAG = (1 << 26) - 1  # decoded magnitudes beyond this are corrupt
+C1, C2, C3, C4 = 16, 48, 128, 384  # a table's adaptation shift: 4 + number of these it has been used
+FAST_RATE = 3  # mantissa mode: shift of the fast estimate
+MANT_BITS = 4  # mantissa bits per table symbol in mantissa mode
+MANT_Q = 48  # classes and shifts that select a mantissa table
+MANT_K = 10
+NMCTX = NGROUPS * MANT_Q * MANT_K
 
 # coder state slots
 _LOW, _RNG, _CACHE, _CSIZE, _APOS, _RACC, _RBITS, _RPOS, _CODE = range(9)
 STATE_SIZE = 9
 
-# pivot class for each local activity level: about the class of the mean
-# neighbour magnitude (speed only: every node has its own probability).
-PIVOT = np.array([max(0, (q - 3) // 2) for q in range(NQL)], dtype=np.int64)
+
+_CDF_INIT = np.tile(np.arange(NSYM + 1) * (CDF_MAX // NSYM), 2).astype(np.int32)
 
 
-def new_probs() -> tuple[np.ndarray, np.ndarray]:
-    return np.full(NPROBS, P_INIT, np.int32), np.full(NPROBS, P_INIT, np.int32)
+def new_tables() -> tuple[np.ndarray, ...]:
+    """Fresh model: (class tables, their counts, mantissa tables, their
+    counts)."""
+    cdf = np.empty((NCTX, 2 * D), np.int32)
+    cdf[:] = _CDF_INIT
+    mcdf = np.empty((NMCTX, 2 * D), np.int32)
+    mcdf[:] = _CDF_INIT
+    return cdf, np.zeros(NCTX, np.int32), mcdf, np.zeros(NMCTX, np.int32)
 
 
 def new_encoder() -> np.ndarray:
@@ -64,29 +88,37 @@ def new_decoder(ac: np.ndarray) -> np.ndarray:
 
 
 @nb.njit(inline="always")
+def _bitlen(x):
+    return 64 - leading_zeros(np.uint64(x))
+
+
+@nb.njit(inline="always")
 def _qlog(x):
-    """Half-octave quantiser: 0, 1, then 2 steps per octave."""
+    """Half-octave class: 0, 1, then 2 classes per octave."""
     if x < 2:
         return x
-    b = 0
-    y = x
-    while y > 0:
-        y >>= 1
-        b += 1
+    b = _bitlen(x)
     return 2 * b - 2 + ((x >> (b - 2)) & 1)
 
 
 @nb.njit(inline="always")
-def _bitlen(x):
-    b = 0
-    while x > 0:
-        x >>= 1
-        b += 1
-    return b
+def _med(band, i, j):
+    if i == 0:
+        return np.int64(band[i, j - 1]) if j > 0 else np.int64(0)
+    if j == 0:
+        return np.int64(band[i - 1, j])
+    wa = np.int64(band[i, j - 1])
+    na = np.int64(band[i - 1, j])
+    nw = np.int64(band[i - 1, j - 1])
+    if nw >= max(wa, na):
+        return min(wa, na)
+    if nw <= min(wa, na):
+        return max(wa, na)
+    return wa + na - nw
 
 
-@nb.njit(cache=True, nogil=True)
-def encode_band(st, ac, raw, pf, ps, band, mp, oth, group, predict):
+@nb.njit(cache=True, nogil=True, boundscheck=False)
+def encode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, band, mp, oth, group, predict, mant):
     """Code one band; return True if ``ac`` is too small (nothing usable
     was written then). ``mp`` (rows+2, cols+3, zero) receives the coded
     magnitudes; ``oth`` is the parent/cross activity (band shape);
@@ -101,74 +133,100 @@ def encode_band(st, ac, raw, pf, ps, band, mp, oth, group, predict):
     rpos = st[_RPOS]
     rows, cols = band.shape
     gbase = group * NQL * NQP
+    fs = D if mant else 0  # mantissa (synthetic) mode: mean of a fast and the slow estimate
     limit = ac.shape[0] - 64
     for i in range(rows):
         if apos + csize + 32 * cols > limit:
             return True
-        for j in range(cols):
+        r = i + 2
+        j = 0
+        while j < cols:
+            k2 = j + 2
+            local = (
+                2 * (np.int64(mp[r, k2 - 1]) + mp[r - 1, k2])
+                + mp[r - 1, k2 - 1]
+                + mp[r - 1, k2 + 1]
+                + ((np.int64(mp[r, k2 - 2]) + mp[r - 2, k2]) >> 1)
+            )
+            qo = _qlog(np.int64(oth[i, j])) >> 1
             v = np.int64(band[i, j])
             if predict:
-                if i == 0:
-                    pred = np.int64(band[i, j - 1]) if j > 0 else 0
-                elif j == 0:
-                    pred = np.int64(band[i - 1, j])
-                else:
-                    wa = np.int64(band[i, j - 1])
-                    na = np.int64(band[i - 1, j])
-                    nw = np.int64(band[i - 1, j - 1])
-                    if nw >= max(wa, na):
-                        pred = min(wa, na)
-                    elif nw <= min(wa, na):
-                        pred = max(wa, na)
-                    else:
-                        pred = wa + na - nw
-                v -= pred
+                v -= _med(band, i, j)
             mag = -v if v < 0 else v
-            mp[i + 2, j + 2] = mag
-            r = i + 2
-            k = j + 2
-            local = (
-                2 * (mp[r, k - 1] + mp[r - 1, k]) + mp[r - 1, k - 1] + mp[r - 1, k + 1] + ((mp[r, k - 2] + mp[r - 2, k]) >> 1)
-            )
+            mp[r, k2] = mag
             ql = min(_qlog(local), NQL - 1)
-            qp = min(_qlog(np.int64(oth[i, j])) >> 1, NQP - 1)
-            base = (gbase + ql * NQP + qp) * NODES
-            piv = PIVOT[ql]
-            mode = 0
-            t = 0
-            if piv == 0:
-                mode = 1
-            c = _bitlen(mag)
-            ms = 0
-            mnode = 0
-            while True:
-                if mode == 0:
-                    node = base
-                elif mode == 1:
-                    node = base + 1 + t
-                elif mode == 2:
-                    node = base + 1 + MAXC + t
-                else:
-                    node = mnode + t * MSTATES + ms
-                if mode == 0:
-                    bit = 1 if c >= piv else 0
-                elif mode == 1:
-                    bit = 1 if c > t else 0
-                elif mode == 2:
-                    bit = 1 if c < t else 0
-                else:
-                    bit = (mag >> t) & 1
-                p = (pf[node] + ps[node]) >> 1
-                bound = (rng >> 16) * p
-                if bit == 0:
-                    rng = bound
-                    pf[node] += (65536 - pf[node]) >> 4
-                    ps[node] += (65536 - ps[node]) >> 7
-                else:
-                    low += bound
-                    rng -= bound
-                    pf[node] -= pf[node] >> 4
-                    ps[node] -= ps[node] >> 7
+            qp = min(qo, NQP - 1)
+            ctx = gbase + ql * NQP + qp
+            k = max(0, (ql - SHIFT_BASE) >> 1)
+            q = _qlog(mag >> k)
+            if k > 0 and mag != 0:
+                q += 1  # class 0 is the zero alone, class 1 is 0 < |v| < 2**k
+            s = min(q, ESC)
+            # symbol s with table ctx
+            rr = rng >> CDF_BITS
+            lo = rr * (((np.int64(cdf[ctx, s]) + cdf[ctx, s + fs]) >> 1) + s)
+            rng = rr * (((np.int64(cdf[ctx, s + 1]) + cdf[ctx, s + 1 + fs]) >> 1) + s + 1) - lo
+            low += lo
+            n = cnt[ctx]
+            rate = 4 + (n >= C1) + (n >= C2) + (n >= C3) + (n >= C4)
+            cnt[ctx] = n + (1 if n < C4 else 0)
+            for t in range(1, NSYM):
+                tgt = CDF_MAX if t > s else 0
+                cdf[ctx, t] += (tgt - cdf[ctx, t]) >> rate
+            if mant:
+                for t in range(D + 1, D + NSYM):
+                    tgt = CDF_MAX if t > s + D else 0
+                    cdf[ctx, t] += (tgt - cdf[ctx, t]) >> FAST_RATE
+            while rng < 16777216:
+                rng <<= 8
+                if low < 0xFF000000 or low > 0xFFFFFFFF:
+                    carry = low >> 32
+                    temp = cache
+                    while True:
+                        ac[apos] = (temp + carry) & 0xFF
+                        apos += 1
+                        temp = 0xFF
+                        csize -= 1
+                        if csize == 0:
+                            break
+                    cache = (low >> 24) & 0xFF
+                csize += 1
+                low = (low & 0x00FFFFFF) << 8
+            # raw bits: escape extension (unary), bits below the class, sign
+            if s == ESC:
+                e = q - ESC  # e ones, then a zero
+                racc = (racc << (e + 1)) | (((np.int64(1) << e) - 1) << 1)
+                rbits += e + 1
+                while rbits >= 8:
+                    rbits -= 8
+                    raw[rpos] = (racc >> rbits) & 0xFF
+                    rpos += 1
+                racc &= (np.int64(1) << rbits) - 1
+            if k > 0 and mag != 0:
+                q -= 1
+            nr = k + (((q >> 1) - 1) if q >= 2 else 0)
+            if mag == 0:
+                nr = 0
+            if mant and nr > 0:
+                # the top bits below the class through a table of (group, class, shift)
+                w = min(nr, MANT_BITS)
+                nr -= w
+                s = (mag >> nr) & ((1 << w) - 1)
+                ctx = ((group * MANT_Q + min(q, MANT_Q - 1)) * MANT_K + min(k, MANT_K - 1))
+                rr = rng >> CDF_BITS
+                lo = rr * (((np.int64(mcdf[ctx, s]) + mcdf[ctx, s + fs]) >> 1) + s)
+                rng = rr * (((np.int64(mcdf[ctx, s + 1]) + mcdf[ctx, s + 1 + fs]) >> 1) + s + 1) - lo
+                low += lo
+                n = mcnt[ctx]
+                rate = 4 + (n >= C1) + (n >= C2) + (n >= C3) + (n >= C4)
+                mcnt[ctx] = n + (1 if n < C4 else 0)
+                for t in range(1, NSYM):
+                    tgt = CDF_MAX if t > s else 0
+                    mcdf[ctx, t] += (tgt - mcdf[ctx, t]) >> rate
+                if mant:
+                    for t in range(D + 1, D + NSYM):
+                        tgt = CDF_MAX if t > s + D else 0
+                        mcdf[ctx, t] += (tgt - mcdf[ctx, t]) >> FAST_RATE
                 while rng < 16777216:
                     rng <<= 8
                     if low < 0xFF000000 or low > 0xFFFFFFFF:
@@ -184,57 +242,18 @@ def encode_band(st, ac, raw, pf, ps, band, mp, oth, group, predict):
                         cache = (low >> 24) & 0xFF
                     csize += 1
                     low = (low & 0x00FFFFFF) << 8
-                if mode == 0:
-                    if bit == 1:
-                        mode = 1
-                        t = piv
-                        continue
-                    if piv > 1:
-                        mode = 2
-                        t = piv - 1
-                        continue
-                    t = 0
-                elif mode == 1:
-                    if bit == 1:
-                        t += 1
-                        if t < MAXC:
-                            continue
-                elif mode == 2:
-                    if bit == 1:
-                        t -= 1
-                        if t > 0:
-                            continue
-                else:
-                    # mantissa: t = bit position, ms = state
-                    if ms == 0:
-                        ms = 1 + bit
-                    elif ms != 1 + bit:
-                        ms = 3
-                    t -= 1
-                    if t >= 0 and ms != 3:
-                        continue
-                    break
-                # class decided: c == t
-                pass
-                if t < 2:
-                    break
-                mode = 3
-                t -= 2
-                ms = 0
-                mnode = MBASE + (group * (MAXC + 1) + t + 2) * MAXC * MSTATES
-            # raw bits: mantissa bits below position t (if any left), then sign
-            if c > 0:
-                nr = t + 2 if mode == 3 else 1
-                if mode == 3 and t < 0:
-                    nr = 1
-                val = ((mag & ((np.int64(1) << (nr - 1)) - 1)) << 1) | (1 if v < 0 else 0)
-                racc = (racc << nr) | val
-                rbits += nr
-                while rbits >= 8:
-                    rbits -= 8
-                    raw[rpos] = (racc >> rbits) & 0xFF
-                    rpos += 1
-                racc &= (np.int64(1) << rbits) - 1
+            val = mag & ((np.int64(1) << nr) - 1)
+            if mag != 0:
+                val = (val << 1) | (1 if v < 0 else 0)
+                nr += 1
+            racc = (racc << nr) | val
+            rbits += nr
+            while rbits >= 8:
+                rbits -= 8
+                raw[rpos] = (racc >> rbits) & 0xFF
+                rpos += 1
+            racc &= (np.int64(1) << rbits) - 1
+            j += 1
     st[_LOW] = low
     st[_RNG] = rng
     st[_CACHE] = cache
@@ -276,10 +295,11 @@ def finish(st, ac, raw):
     return apos, rpos
 
 
-@nb.njit(cache=True, nogil=True)
-def decode_band(st, ac, raw, pf, ps, band, mp, oth, group, predict):
+@nb.njit(cache=True, nogil=True, boundscheck=False)
+def decode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, band, mp, oth, group, predict, mant):
     """Inverse of :func:`encode_band`: fill ``band`` and ``mp``. Return
-    True if a stream was read past its end (corrupt or truncated data)."""
+    True if a stream was read past its end or a value is out of range
+    (corrupt or truncated data)."""
     rng = st[_RNG]
     code = st[_CODE]
     apos = st[_APOS]
@@ -290,47 +310,100 @@ def decode_band(st, ac, raw, pf, ps, band, mp, oth, group, predict):
     nac = ac.shape[0]
     rows, cols = band.shape
     gbase = group * NQL * NQP
+    fs = D if mant else 0  # mantissa (synthetic) mode: mean of a fast and the slow estimate
+    bad = False
     for i in range(rows):
-        for j in range(cols):
-            r = i + 2
-            k = j + 2
+        r = i + 2
+        j = 0
+        while j < cols:
+            k2 = j + 2
             local = (
-                2 * (mp[r, k - 1] + mp[r - 1, k]) + mp[r - 1, k - 1] + mp[r - 1, k + 1] + ((mp[r, k - 2] + mp[r - 2, k]) >> 1)
+                2 * (np.int64(mp[r, k2 - 1]) + mp[r - 1, k2])
+                + mp[r - 1, k2 - 1]
+                + mp[r - 1, k2 + 1]
+                + ((np.int64(mp[r, k2 - 2]) + mp[r - 2, k2]) >> 1)
             )
+            qo = _qlog(np.int64(oth[i, j])) >> 1
             ql = min(_qlog(local), NQL - 1)
-            qp = min(_qlog(np.int64(oth[i, j])) >> 1, NQP - 1)
-            base = (gbase + ql * NQP + qp) * NODES
-            piv = PIVOT[ql]
-            mode = 0
-            t = 0
-            if piv == 0:
-                mode = 1
-            c = 0
-            mag = np.int64(0)
-            ms = 0
-            mnode = 0
-            while True:
-                if mode == 0:
-                    node = base
-                elif mode == 1:
-                    node = base + 1 + t
-                elif mode == 2:
-                    node = base + 1 + MAXC + t
-                else:
-                    node = mnode + t * MSTATES + ms
-                p = (pf[node] + ps[node]) >> 1
-                bound = (rng >> 16) * p
-                if code < bound:
-                    rng = bound
-                    pf[node] += (65536 - pf[node]) >> 4
-                    ps[node] += (65536 - ps[node]) >> 7
-                    bit = 0
-                else:
-                    code -= bound
-                    rng -= bound
-                    pf[node] -= pf[node] >> 4
-                    ps[node] -= ps[node] >> 7
-                    bit = 1
+            qp = min(qo, NQP - 1)
+            ctx = gbase + ql * NQP + qp
+            k = max(0, (ql - SHIFT_BASE) >> 1)
+            rr = rng >> CDF_BITS
+            s = 0
+            for t in range(1, NSYM):  # the tables are monotone: count the bounds passed
+                s += code >= rr * (((np.int64(cdf[ctx, t]) + cdf[ctx, t + fs]) >> 1) + t)
+            lo = rr * (((np.int64(cdf[ctx, s]) + cdf[ctx, s + fs]) >> 1) + s)
+            code -= lo
+            rng = rr * (((np.int64(cdf[ctx, s + 1]) + cdf[ctx, s + 1 + fs]) >> 1) + s + 1) - lo
+            n = cnt[ctx]
+            rate = 4 + (n >= C1) + (n >= C2) + (n >= C3) + (n >= C4)
+            cnt[ctx] = n + (1 if n < C4 else 0)
+            for t in range(1, NSYM):
+                tgt = CDF_MAX if t > s else 0
+                cdf[ctx, t] += (tgt - cdf[ctx, t]) >> rate
+            if mant:
+                for t in range(D + 1, D + NSYM):
+                    tgt = CDF_MAX if t > s + D else 0
+                    cdf[ctx, t] += (tgt - cdf[ctx, t]) >> FAST_RATE
+            while rng < 16777216:
+                rng <<= 8
+                b = 0
+                if apos < nac:
+                    b = ac[apos]
+                apos += 1
+                code = ((code << 8) | b) & 0xFFFFFFFF
+            q = s
+            if s == ESC:
+                # unary extension: ones until a zero
+                while True:
+                    if rbits == 0:
+                        b = 0
+                        if rpos < nraw:
+                            b = raw[rpos]
+                        rpos += 1
+                        racc = b
+                        rbits = 8
+                    rbits -= 1
+                    bit = (racc >> rbits) & 1
+                    racc &= (np.int64(1) << rbits) - 1
+                    if bit == 0:
+                        break
+                    q += 1
+                    if q > 2 * 26:
+                        bad = True
+                        break
+            zero = q == 0
+            if k > 0 and q > 0:
+                q -= 1  # class of |v| >> k (0: 0 < |v| < 2**k)
+            if q < 2:
+                top = np.int64(q)
+                nm = 0
+            else:
+                nm = (q >> 1) - 1
+                top = np.int64(2 | (q & 1)) << nm
+            nr = 0 if zero else k + nm
+            mag = top << k
+            if mant and nr > 0:
+                w = min(nr, MANT_BITS)
+                nr -= w
+                ctx = ((group * MANT_Q + min(q, MANT_Q - 1)) * MANT_K + min(k, MANT_K - 1))
+                rr = rng >> CDF_BITS
+                s = 0
+                for t in range(1, NSYM):
+                    s += code >= rr * (((np.int64(mcdf[ctx, t]) + mcdf[ctx, t + fs]) >> 1) + t)
+                lo = rr * (((np.int64(mcdf[ctx, s]) + mcdf[ctx, s + fs]) >> 1) + s)
+                code -= lo
+                rng = rr * (((np.int64(mcdf[ctx, s + 1]) + mcdf[ctx, s + 1 + fs]) >> 1) + s + 1) - lo
+                n = mcnt[ctx]
+                rate = 4 + (n >= C1) + (n >= C2) + (n >= C3) + (n >= C4)
+                mcnt[ctx] = n + (1 if n < C4 else 0)
+                for t in range(1, NSYM):
+                    tgt = CDF_MAX if t > s else 0
+                    mcdf[ctx, t] += (tgt - mcdf[ctx, t]) >> rate
+                if mant:
+                    for t in range(D + 1, D + NSYM):
+                        tgt = CDF_MAX if t > s + D else 0
+                        mcdf[ctx, t] += (tgt - mcdf[ctx, t]) >> FAST_RATE
                 while rng < 16777216:
                     rng <<= 8
                     b = 0
@@ -338,53 +411,8 @@ def decode_band(st, ac, raw, pf, ps, band, mp, oth, group, predict):
                         b = ac[apos]
                     apos += 1
                     code = ((code << 8) | b) & 0xFFFFFFFF
-                if mode == 3:
-                    mag |= np.int64(bit) << t
-                if mode == 0:
-                    if bit == 1:
-                        mode = 1
-                        t = piv
-                        continue
-                    if piv > 1:
-                        mode = 2
-                        t = piv - 1
-                        continue
-                    t = 0
-                elif mode == 1:
-                    if bit == 1:
-                        t += 1
-                        if t < MAXC:
-                            continue
-                elif mode == 2:
-                    if bit == 1:
-                        t -= 1
-                        if t > 0:
-                            continue
-                else:
-                    # mantissa: t = bit position, ms = state
-                    if ms == 0:
-                        ms = 1 + bit
-                    elif ms != 1 + bit:
-                        ms = 3
-                    t -= 1
-                    if t >= 0 and ms != 3:
-                        continue
-                    break
-                # class decided: c == t
-                c = t
-                if t > 0:
-                    mag = np.int64(1) << (t - 1)
-                if t < 2:
-                    break
-                mode = 3
-                t -= 2
-                ms = 0
-                mnode = MBASE + (group * (MAXC + 1) + t + 2) * MAXC * MSTATES
-            v = np.int64(0)
-            if c > 0:
-                nr = t + 2 if mode == 3 else 1
-                if mode == 3 and t < 0:
-                    nr = 1
+                mag |= np.int64(s & ((1 << w) - 1)) << nr
+            if nr > 0:
                 while rbits < nr:
                     b = 0
                     if rpos < nraw:
@@ -393,33 +421,59 @@ def decode_band(st, ac, raw, pf, ps, band, mp, oth, group, predict):
                     racc = (racc << 8) | b
                     rbits += 8
                 rbits -= nr
-                val = racc >> rbits
+                mag |= racc >> rbits
                 racc &= (np.int64(1) << rbits) - 1
-                v = mag | (val >> 1)
-                if val & 1:
-                    v = -v
-            mp[i + 2, j + 2] = v if v >= 0 else -v
+            v = mag
+            if mag != 0:
+                if rbits == 0:
+                    b = 0
+                    if rpos < nraw:
+                        b = raw[rpos]
+                    rpos += 1
+                    racc = b
+                    rbits = 8
+                rbits -= 1
+                if (racc >> rbits) & 1:
+                    v = -mag
+                racc &= (np.int64(1) << rbits) - 1
+                if mag > MAX_MAG:
+                    bad = True
+                    mag = MAX_MAG
+                    v = 0
+            mp[r, k2] = mag
             if predict:
-                if i == 0:
-                    pred = np.int64(band[i, j - 1]) if j > 0 else 0
-                elif j == 0:
-                    pred = np.int64(band[i - 1, j])
-                else:
-                    wa = np.int64(band[i, j - 1])
-                    na = np.int64(band[i - 1, j])
-                    nw = np.int64(band[i - 1, j - 1])
-                    if nw >= max(wa, na):
-                        pred = min(wa, na)
-                    elif nw <= min(wa, na):
-                        pred = max(wa, na)
-                    else:
-                        pred = wa + na - nw
-                v += pred
+                v += _med(band, i, j)
+                if v > MAX_MAG or v < -MAX_MAG:
+                    bad = True
+                    v = 0
             band[i, j] = v
+            j += 1
+        if bad:
+            break
     st[_RNG] = rng
     st[_CODE] = code
     st[_APOS] = apos
     st[_RACC] = racc
     st[_RBITS] = rbits
     st[_RPOS] = rpos
-    return apos > nac + 4 or rpos > nraw
+    return bad or apos > nac + 4 or rpos > nraw
+
+
+@nb.njit(cache=True, nogil=True, boundscheck=False)
+def other_activity(oth, parent, cross1, cross2, ncross):
+    """Fill ``oth`` (a band's shape) with 2 * parent(min(i >> 1, pr - 1),
+    min(j >> 1, pc - 1)) (nothing for an empty parent) plus the co-located
+    magnitudes of the first ``ncross`` of ``cross1``, ``cross2`` where they
+    cover (i, j)."""
+    rows, cols = oth.shape
+    pr, pc = parent.shape
+    for i in range(rows):
+        for j in range(cols):
+            a = 0
+            if pr > 0 and pc > 0:
+                a = 2 * parent[min(i >> 1, pr - 1), min(j >> 1, pc - 1)]
+            if ncross > 0 and i < cross1.shape[0] and j < cross1.shape[1]:
+                a += cross1[i, j]
+            if ncross > 1 and i < cross2.shape[0] and j < cross2.shape[1]:
+                a += cross2[i, j]
+            oth[i, j] = a
