@@ -1,5 +1,5 @@
 """Reversible integer 5/3 lifting (ITU-T T.800 Annex F.3.8, F.4.8) and the
-reversible colour transform (T.800 Annex G.2), vectorised with numpy.
+reversible colour transform (T.800 Annex G.2), vectorised with numpy (the inverse with numba).
 
 Signals are split at even (low-pass) and odd (high-pass) positions, boundary
 handling is whole-sample symmetric extension (x[-1] = x[1], x[n] = x[n-2]).
@@ -10,6 +10,7 @@ arithmetic is on int32 with floor division (arithmetic shifts).
 
 from __future__ import annotations
 
+import numba as nb
 import numpy as np
 
 # Subband orientation order inside one decomposition level.
@@ -93,9 +94,9 @@ def forward_level(x: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarr
 
 def inverse_level(ll: np.ndarray, bands: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
     hl, lh, hh = bands
-    lo = _merge(ll, hl, 1)
-    hi = _merge(lh, hh, 1)
-    return _merge(lo, hi, 0)
+    lo = _merge_fast(ll, hl, 1)
+    hi = _merge_fast(lh, hh, 1)
+    return _merge_fast(lo, hi, 0)
 
 
 def forward(x: np.ndarray, levels: int) -> tuple[np.ndarray, list]:
@@ -163,3 +164,47 @@ def lowpass(planes: np.ndarray, level: int, rct: bool) -> np.ndarray:
         for j in range(s):
             out[i, :, :, j] = forward(planes[i, :, :, j], level)[0]
     return rct_inverse(out) if rct else out
+
+
+# ---------------------------------------------------------------- numba inverse
+
+
+@nb.njit(cache=True, nogil=True, boundscheck=False)
+def _merge_rows(s, d, out):
+    """:func:`_merge` along axis 1 into ``out`` (rows, ne + no), no >= 1."""
+    rows, ne = s.shape
+    no = d.shape[1]
+    for r in range(rows):
+        for i in range(ne):
+            dl = d[r, i - 1] if i > 0 else d[r, 0]
+            dr = d[r, i] if i < no else d[r, no - 1]
+            out[r, 2 * i] = s[r, i] - ((dl + dr + 2) >> 2)
+        for i in range(no):
+            right = out[r, 2 * i + 2] if i + 1 < ne else out[r, 2 * (no - 1)]
+            out[r, 2 * i + 1] = d[r, i] + ((out[r, 2 * i] + right) >> 1)
+
+
+@nb.njit(cache=True, nogil=True, boundscheck=False)
+def _merge_cols(s, d, out):
+    """:func:`_merge` along axis 0 into ``out`` (ne + no, cols), no >= 1."""
+    ne, cols = s.shape
+    no = d.shape[0]
+    for i in range(ne):
+        il = i - 1 if i > 0 else 0
+        ir = i if i < no else no - 1
+        for c in range(cols):
+            out[2 * i, c] = s[i, c] - ((d[il, c] + d[ir, c] + 2) >> 2)
+    for i in range(no):
+        er = 2 * i + 2 if i + 1 < ne else 2 * (no - 1)
+        for c in range(cols):
+            out[2 * i + 1, c] = d[i, c] + ((out[2 * i, c] + out[er, c]) >> 1)
+
+
+def _merge_fast(s: np.ndarray, d: np.ndarray, axis: int) -> np.ndarray:
+    if d.shape[axis] == 0 or s.size == 0:
+        return _merge(s, d, axis)
+    shape = list(s.shape)
+    shape[axis] += d.shape[axis]
+    out = np.empty(shape, np.int32)
+    (_merge_rows if axis == 1 else _merge_cols)(s, d, out)
+    return out
