@@ -7,6 +7,7 @@ one-line message and exit non-zero.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from admin import ris
+from admin import ris, webcache
 from admin._common import JsonOpt, err, fail as _fail, out, print_json as _print_json, ready as _ready
 from admin._common import rows as _rows, settings_or_exit as _settings, study_or_fail as _study_or_fail
 from services.errors import PacsError
@@ -30,10 +31,12 @@ app.add_typer(ris.ris_app, name="ris")
 app.add_typer(ris.quarantine_app, name="quarantine")
 app.add_typer(ris.report_app, name="report")
 app.add_typer(ris.hl7_app, name="hl7")
+app.add_typer(webcache.webcache_app, name="webcache")
+app.command("curate")(webcache.curate)
 app.add_typer(node_app, name="node")
 app.add_typer(study_app, name="study")
 
-SERVICES = ("gateway", "archive", "dbserver")
+SERVICES = ("gateway", "archive", "dbserver", "curator")
 
 
 # --- running the cluster --------------------------------------------------------
@@ -56,6 +59,7 @@ def up() -> None:
               f"({settings.gateway_processes} listener processes), HL7 MLLP on port {settings.hl7_port}")
     out.print(f"  archive    {settings.effective_archive_url} (cache tier {settings.cache_path})")
     out.print("  dbserver   worker on queue db")
+    out.print(f"  curator    worker on queue curator (web cache {settings.webcache_path})")
     if password:
         out.print(f"[yellow]First start: user 'admin', password {password}[/yellow] "
                   f"(also in {settings.data_path / 'initial-admin-password'})")
@@ -76,7 +80,7 @@ def _redact(url: str) -> str:
 
 @app.command()
 def serve(
-    name: Annotated[str, typer.Argument(help="gateway, archive or dbserver")],
+    name: Annotated[str, typer.Argument(help="gateway, archive, dbserver or curator")],
     listener: Annotated[Optional[int], typer.Option(hidden=True)] = None,
     listen_fd: Annotated[Optional[int], typer.Option(hidden=True)] = None,
 ) -> None:
@@ -89,21 +93,12 @@ def serve(
         settings = start_service(name if listener is None else f"{name}-{listener}")
     except PacsError as exc:
         _fail(str(exc), 2)
-    if name == "gateway":
+    if name == "gateway" and listener is not None and listen_fd is not None:
         from gateway import service
 
-        if listener is not None and listen_fd is not None:
-            service.serve_listener(settings, listener, listen_fd)
-        else:
-            service.serve(settings)
-    elif name == "archive":
-        from archive import service
-
-        service.serve(settings)
+        service.serve_listener(settings, listener, listen_fd)
     else:
-        from dbserver import service
-
-        service.serve(settings)
+        importlib.import_module(f"{name}.service").serve(settings)
 
 
 @db_app.command("upgrade")

@@ -376,3 +376,48 @@ class Hl7Outbox(Base):
     destination: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+
+
+class WebcacheEntry(Base):
+    """The web-cache copy of one instance (curator): its wavelet file and
+    thumbnail, or why it has none. ``state``: queued (work asked for),
+    done, skipped (no pixel data), failed (with ``error``), evicted (its
+    files dropped by the size limit; rebuilt on demand)."""
+
+    __tablename__ = "webcache_entries"
+    __table_args__ = (Index("ix_webcache_entries_state", "state", "queued_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sha256: Mapped[str] = mapped_column(String(64))  # the archived object it was made from
+    state: Mapped[str] = mapped_column(String(8), default="queued")
+    codec_version: Mapped[int] = mapped_column(Integer, default=0)
+    wavelet_key: Mapped[str] = mapped_column(String(255), default="")
+    wavelet_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    thumbnail_key: Mapped[str] = mapped_column(String(255), default="")
+    thumbnail_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    levels: Mapped[int] = mapped_column(Integer, default=0)
+    level_index: Mapped[str] = mapped_column(Text, default="")  # JSON: per level, per frame, offset and size
+    lossy: Mapped[bool] = mapped_column(Boolean, default=False)
+    metadata_json: Mapped[str] = mapped_column(Text, default="")  # DICOM JSON, bulk data as BulkDataURI
+    error: Mapped[str] = mapped_column(Text, default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    queued_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+    curated_at: Mapped[datetime | None] = mapped_column(TS, nullable=True)
+    last_access_at: Mapped[datetime] = mapped_column(TS, default=utcnow, index=True)
+
+
+class WebcacheSeries(Base):
+    """The per-series metadata document in the web cache: the DICOM JSON of
+    every instance of a series, gzip-compressed, built once it is stable."""
+
+    __tablename__ = "webcache_series"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    state: Mapped[str] = mapped_column(String(8), default="done")  # done | evicted
+    key: Mapped[str] = mapped_column(String(255), default="")
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    num_instances: Mapped[int] = mapped_column(Integer, default=0)
+    built_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
+    last_access_at: Mapped[datetime] = mapped_column(TS, default=utcnow, index=True)

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     broker_url: str = ""  # "" → server-less filesystem transport in the data folder
     spool_dir: Path | None = None  # default DATA_DIR/spool
     cache_dir: Path | None = None  # archive cache tier, default DATA_DIR/archive/cache
+    webcache_dir: Path | None = None  # curator's web cache, default DATA_DIR/webcache
 
     # --- DICOM -------------------------------------------------------------
     dicom_host: str = "0.0.0.0"
@@ -72,6 +73,13 @@ class Settings(BaseSettings):
     archive_host: str = "127.0.0.1"
     archive_port: int = Field(8081, ge=1, le=65535)
     archive_url: str = ""  # "" → http://ARCHIVE_HOST:ARCHIVE_PORT
+
+    # --- web cache (curator) -----------------------------------------------
+    webcache_max_bytes: int = Field(50 * 1024**3, ge=0)  # 0: no limit
+    webcache_low_water: float = Field(0.9, gt=0, le=1)  # eviction brings usage down to this share
+    curator_sweep_seconds: float = Field(2.0, gt=0)  # how often new instances are looked for
+    curator_requeue_seconds: float = Field(300.0, gt=0)  # queued work not done this long is asked again
+    curator_lossy_psnr: float = Field(0.0, ge=0)  # 0: lossless web copies (default); else lossy, marked so
 
     # --- behaviour ---------------------------------------------------------
     transfer_mode: TransferMode = "auto"
@@ -131,6 +139,10 @@ class Settings(BaseSettings):
     @property
     def cache_path(self) -> Path:
         return (self.cache_dir or self.data_path / "archive" / "cache").expanduser().resolve()
+
+    @property
+    def webcache_path(self) -> Path:
+        return (self.webcache_dir or self.data_path / "webcache").expanduser().resolve()
 
     @property
     def archive_inbox_path(self) -> Path:

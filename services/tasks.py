@@ -24,6 +24,8 @@ QUEUES = (Q_DB, Q_ARCHIVE, Q_CURATOR, Q_GATEWAY)
 # task names: the contract between services
 T_REGISTER_INSTANCES = "pacs.db.register_instances"
 T_ARCHIVE_ACCEPT = "pacs.archive.accept_objects"
+T_CURATE_INSTANCES = "pacs.curator.curate_instances"
+T_SERIES_METADATA = "pacs.curator.series_metadata"
 
 ROUTES = {"pacs.db.*": {"queue": Q_DB}, "pacs.archive.*": {"queue": Q_ARCHIVE},
           "pacs.curator.*": {"queue": Q_CURATOR}, "pacs.gateway.*": {"queue": Q_GATEWAY}}

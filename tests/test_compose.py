@@ -17,7 +17,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 
 # services of DESIGN.md that `pacs serve` runs today
-PACS_SERVICES = ("gateway", "archive", "dbserver")
+PACS_SERVICES = ("gateway", "archive", "dbserver", "curator")
 BACKING_SERVICES = ("postgres", "redis")
 
 # ${VAR:?message}: compose refuses to start when VAR is unset or empty
@@ -148,6 +148,7 @@ def test_named_volumes_are_declared(compose):
 
     assert mounted("gateway", environment(services["gateway"])["PACS_SPOOL_DIR"])
     assert mounted("archive", environment(services["archive"])["PACS_CACHE_DIR"])
+    assert mounted("curator", environment(services["curator"])["PACS_WEBCACHE_DIR"])
     assert mounted("postgres", "/var/lib/postgresql/data")
 
 def test_environment_names_only_real_settings(compose):

@@ -1,0 +1,176 @@
+"""The web cache: where the curator keeps what viewers read fast —
+wavelet files, thumbnails, per-series metadata documents.
+
+It sits behind the blob interface (:class:`services.storage.BlobStore`;
+the filesystem under ``PACS_WEBCACHE_DIR`` by default) and has its own size
+limit, ``PACS_WEBCACHE_MAX_BYTES``: above it, the least recently used
+entries are evicted down to ``PACS_WEBCACHE_LOW_WATER`` of the limit.
+Everything in it can be rebuilt from the archive, so an evicted or broken
+entry is only work to redo, never data lost.
+
+Keys: ``wavelet/<SOP Instance UID>.pcw``, ``thumbnail/<SOP Instance
+UID>.png``, ``series/<Series Instance UID>.json.gz`` (UIDs are checked
+before they make a key).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from dbserver.models import WebcacheEntry, WebcacheSeries, utcnow
+from services.db import run_in_transaction, unit_of_work
+from services.dicom import check_uid
+from services.settings import Settings
+from services.storage import BlobStore, FileSystemStore
+
+LOG = logging.getLogger(__name__)
+
+QUEUED, DONE, SKIPPED, FAILED, EVICTED = "queued", "done", "skipped", "failed", "evicted"
+FINAL = (DONE, SKIPPED, FAILED)
+
+
+def webcache_store(settings: Settings) -> BlobStore:
+    return FileSystemStore(settings.webcache_path, "webcache")
+
+
+def wavelet_key(sop_uid: str) -> str:
+    return f"wavelet/{check_uid(sop_uid)}.pcw"
+
+
+def thumbnail_key(sop_uid: str) -> str:
+    return f"thumbnail/{check_uid(sop_uid)}.png"
+
+
+def series_key(series_uid: str) -> str:
+    return f"series/{check_uid(series_uid)}.json.gz"
+
+
+def _usage(session: Session) -> tuple[int, int]:
+    entries = session.scalar(select(func.coalesce(func.sum(WebcacheEntry.wavelet_size + WebcacheEntry.thumbnail_size),
+                                                  0)).where(WebcacheEntry.state == DONE)) or 0
+    series = session.scalar(select(func.coalesce(func.sum(WebcacheSeries.size_bytes), 0))
+                            .where(WebcacheSeries.state == DONE)) or 0
+    return int(entries), int(series)
+
+
+def usage(settings: Settings) -> dict[str, Any]:
+    """Bytes held, the limit, and entries by state."""
+    with unit_of_work(settings) as session:
+        entries, series = _usage(session)
+        states = dict(session.execute(select(WebcacheEntry.state, func.count(WebcacheEntry.id))
+                                      .group_by(WebcacheEntry.state)).all())
+        docs = session.scalar(select(func.count(WebcacheSeries.id)).where(WebcacheSeries.state == DONE)) or 0
+    return {"bytes": entries + series, "instance_bytes": entries, "series_bytes": series,
+            "limit_bytes": settings.webcache_max_bytes, "instances": {s: int(states.get(s, 0)) for s in
+                                                                       (QUEUED, DONE, SKIPPED, FAILED, EVICTED)},
+            "series_documents": int(docs), "path": str(settings.webcache_path)}
+
+
+def evict(settings: Settings, target_bytes: int | None = None) -> dict[str, int]:
+    """Evict least recently used entries until the cache holds at most
+    ``target_bytes`` (default: the low water mark, and only when above the
+    limit). Returns what was evicted and freed."""
+    store = webcache_store(settings)
+    if target_bytes is None:
+        if not settings.webcache_max_bytes:
+            return {"evicted": 0, "freed_bytes": 0}
+        with unit_of_work(settings) as session:
+            held = sum(_usage(session))
+        if held <= settings.webcache_max_bytes:
+            return {"evicted": 0, "freed_bytes": 0}
+        target_bytes = int(settings.webcache_max_bytes * settings.webcache_low_water)
+
+    def work(session: Session) -> dict[str, int]:
+        held = sum(_usage(session))
+        evicted = freed = 0
+        entries = session.execute(select(WebcacheEntry.last_access_at, WebcacheEntry.id, WebcacheEntry.wavelet_key,
+                                         WebcacheEntry.thumbnail_key,
+                                         WebcacheEntry.wavelet_size + WebcacheEntry.thumbnail_size)
+                                  .where(WebcacheEntry.state == DONE)).all()
+        docs = session.execute(select(WebcacheSeries.last_access_at, WebcacheSeries.id, WebcacheSeries.key,
+                                      WebcacheSeries.size_bytes).where(WebcacheSeries.state == DONE)).all()
+        candidates = sorted([(at, "entry", row_id, (k1, k2), size) for at, row_id, k1, k2, size in entries]
+                            + [(at, "series", row_id, (key,), size) for at, row_id, key, size in docs])
+        for _, kind, row_id, keys, size in candidates:
+            if held <= target_bytes:
+                break
+            for key in keys:
+                if key:
+                    store.delete(key)
+            model = WebcacheEntry if kind == "entry" else WebcacheSeries
+            session.execute(update(model).where(model.id == row_id).values(state=EVICTED))
+            held -= size
+            freed += size
+            evicted += 1
+        return {"evicted": evicted, "freed_bytes": int(freed)}
+
+    result = run_in_transaction(work, settings)
+    if result["evicted"]:
+        LOG.info("web cache: evicted %d entries, %d bytes", result["evicted"], result["freed_bytes"])
+    return result
+
+
+def verify(settings: Settings) -> dict[str, Any]:
+    """Check every entry's files (present, of the recorded size, the
+    wavelet header and level index readable); a broken entry is queued for
+    rebuilding. Returns counts and the broken ones."""
+    from curator import wavelet
+
+    store = webcache_store(settings)
+    with unit_of_work(settings) as session:
+        rows = session.execute(select(WebcacheEntry.id, WebcacheEntry.sop_instance_uid, WebcacheEntry.wavelet_key,
+                                      WebcacheEntry.wavelet_size, WebcacheEntry.thumbnail_key,
+                                      WebcacheEntry.thumbnail_size).where(WebcacheEntry.state == DONE)).all()
+        docs = session.execute(select(WebcacheSeries.id, WebcacheSeries.series_instance_uid, WebcacheSeries.key,
+                                      WebcacheSeries.size_bytes).where(WebcacheSeries.state == DONE)).all()
+    broken: list[dict[str, str]] = []
+    broken_entries: list[int] = []
+    for row_id, uid, wkey, wsize, tkey, tsize in rows:
+        problem = _check_file(store, wkey, wsize) or _check_file(store, tkey, tsize)
+        if not problem:
+            try:
+                wavelet.info(store.get(wkey))
+            except wavelet.WaveletError as exc:
+                problem = f"{wkey}: {exc}"
+        if problem:
+            broken.append({"sop_instance_uid": uid, "problem": problem})
+            broken_entries.append(row_id)
+    broken_docs = []
+    for row_id, uid, key, size in docs:
+        problem = _check_file(store, key, size)
+        if problem:
+            broken.append({"series_instance_uid": uid, "problem": problem})
+            broken_docs.append(row_id)
+
+    def requeue(session: Session) -> None:
+        now = utcnow()
+        if broken_entries:
+            # queued long ago, so that the next sweep asks for them again at once
+            session.execute(update(WebcacheEntry).where(WebcacheEntry.id.in_(broken_entries))
+                            .values(state=QUEUED, queued_at=now.replace(year=2000)))
+        if broken_docs:  # no row: the sweeper builds it again
+            session.execute(delete(WebcacheSeries).where(WebcacheSeries.id.in_(broken_docs)))
+
+    run_in_transaction(requeue, settings)
+    return {"checked": len(rows) + len(docs), "broken": broken}
+
+
+def _check_file(store: BlobStore, key: str, size: int) -> str:
+    if not key:
+        return ""
+    if not store.exists(key):
+        return f"{key}: missing"
+    if store.size(key) != size:
+        return f"{key}: {store.size(key)} bytes, {size} recorded"
+    return ""
+
+
+def entries_failed(settings: Settings, uids: list[str]) -> list[tuple[str, str]]:
+    """(SOP Instance UID, error) of these entries that failed."""
+    with unit_of_work(settings) as session:
+        return list(session.execute(select(WebcacheEntry.sop_instance_uid, WebcacheEntry.error).where(
+            WebcacheEntry.sop_instance_uid.in_(uids), WebcacheEntry.state == FAILED)).all())

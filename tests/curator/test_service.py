@@ -1,0 +1,202 @@
+"""The curator under ``pacs up``: a study sent with dcmtk storescu gets its
+wavelet files, thumbnails and series metadata without any command, each
+wavelet file decoding to exactly the pixels pydicom decodes from the
+archived object; objects without pixel data are skipped, corrupt pixel data
+fails for that instance only; a killed curator loses nothing; the web cache
+keeps to its size limit and rebuilds what it lost."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate, generate_frames
+from psycopg.rows import dict_row
+from pydicom.uid import generate_uid
+
+from curator import wavelet
+from tests.cluster import Cluster
+from tests.dicomdata import ct_dataset, write_part10
+
+REAL = ["CT_small.dcm", "MR_small.dcm", "US1_J2KR.dcm", "emri_small.dcm", "SC_rgb_rle.dcm", "JPEG2000.dcm",
+        "MR2_J2KR.dcm", "rtplan.dcm"]
+
+
+def _study_files(folder: Path) -> tuple[str, dict[str, str]]:
+    """Real test images made one study (new UIDs, transfer syntaxes kept),
+    plus a truncated JPEG 2000 and a short native pixel data; returns the
+    study UID and SOP Instance UID -> file name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study = generate_uid()
+    names: dict[str, str] = {}
+    for n, name in enumerate(REAL):
+        ds = pydicom.dcmread(get_testdata_file(name))
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.PatientID, ds.SeriesNumber = "CUR-1", n + 1
+        ds.save_as(folder / name)
+        names[ds.SOPInstanceUID] = name
+    broken = pydicom.dcmread(get_testdata_file("MR_small_jp2klossless.dcm"))
+    frame = next(generate_frames(broken.PixelData, number_of_frames=1))
+    broken.PixelData = encapsulate([frame[: len(frame) // 2]])
+    broken.StudyInstanceUID, broken.SeriesInstanceUID = study, generate_uid()
+    broken.SOPInstanceUID = broken.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    broken.PatientID = "CUR-1"
+    broken.save_as(folder / "truncated_j2k.dcm")
+    names[broken.SOPInstanceUID] = "truncated_j2k.dcm"
+    short = ct_dataset("CUR-1", seed=3, StudyInstanceUID=study, Rows=128)  # 64x64 pixels for 128 rows
+    write_part10(folder / "short_pixels.dcm", short)
+    names[str(short.SOPInstanceUID)] = "short_pixels.dcm"
+    return study, names
+
+
+def _entries(c: Cluster) -> dict[str, dict]:
+    if c.pg_db:
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{c.pg_db}", row_factory=dict_row) as db:
+            rows = db.execute("SELECT * FROM webcache_entries").fetchall()
+    else:
+        with sqlite3.connect(c.data_dir / "pacs.db") as db:
+            db.row_factory = sqlite3.Row
+            rows = [dict(r) for r in db.execute("SELECT * FROM webcache_entries")]
+    return {r["sop_instance_uid"]: r for r in rows}
+
+
+def _wait(what: Callable[[], object], timeout: float = 120.0, step: float = 0.3) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(step)
+    raise TimeoutError("condition not met")
+
+
+def _archived_pixels(c: Cluster, study: dict, uid: str) -> np.ndarray:
+    inst = next(i for s in study["series"] for i in s["instances"] if i["sop_instance_uid"] == uid)
+    return pydicom.dcmread(c.data_dir / "archive" / "cache" / inst["copies"][0]["locator"]).pixel_array
+
+
+def test_a_stored_study_is_curated_without_any_command(cluster: Cluster, tmp_path: Path) -> None:
+    study_uid, names = _study_files(tmp_path / "study")
+    cluster.storescu(*sorted((tmp_path / "study").iterdir()))
+    cluster.wait_indexed(len(names))
+    entries = _wait(lambda: (e := _entries(cluster)) and len(e) == len(names)
+                    and all(x["state"] != "queued" for x in e.values()) and e)
+    states = {names[uid]: e["state"] for uid, e in entries.items()}
+    assert states == {**{n: "done" for n in REAL if n != "rtplan.dcm"}, "rtplan.dcm": "skipped",
+                      "truncated_j2k.dcm": "failed", "short_pixels.dcm": "failed"}
+    by_name = {names[uid]: e for uid, e in entries.items()}
+    assert "no pixel data" in by_name["rtplan.dcm"]["error"]
+    assert by_name["truncated_j2k.dcm"]["error"] and by_name["short_pixels.dcm"]["error"]
+
+    shown = cluster.pacs_json("study", "show", study_uid)
+    cache = cluster.data_dir / "webcache"
+    for uid, entry in entries.items():
+        if entry["state"] != "done":
+            continue
+        data = (cache / entry["wavelet_key"]).read_bytes()
+        assert len(data) == entry["wavelet_size"]
+        expected = _archived_pixels(cluster, shown, uid)
+        decoded = wavelet.decode(data)
+        assert decoded.dtype == expected.dtype and np.array_equal(decoded, expected), names[uid]
+        index = json.loads(entry["level_index"])  # byte ranges per level, as a viewer reads them
+        top = index["levels"]
+        coarse = wavelet.decode(data[: index["level_end"][str(top)]], level=top)
+        assert coarse.shape == wavelet.info(data).level_shape(top)
+        thumb = (cache / entry["thumbnail_key"]).read_bytes()
+        assert thumb[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = int.from_bytes(thumb[16:20], "big"), int.from_bytes(thumb[20:24], "big")
+        assert 0 < max(width, height) <= 128
+
+    # once the study is stable, one metadata document per series, without bulk data
+    docs = _wait(lambda: len(list((cache / "series").glob("*.json.gz"))) == len(names) and
+                 list((cache / "series").glob("*.json.gz")), timeout=60)
+    by_series = {s["series_instance_uid"]: s for s in shown["series"]}
+    for path in docs:
+        items = json.loads(gzip.decompress(path.read_bytes()))
+        series = by_series[path.name[: -len(".json.gz")]]
+        assert [i["00080018"]["Value"][0] for i in items] == [
+            x["sop_instance_uid"] for x in series["instances"] if _entries(cluster)[x["sop_instance_uid"]]
+            ["metadata_json"]]
+        for item in items:
+            if "7FE00010" in item:
+                assert "BulkDataURI" in item["7FE00010"] and "InlineBinary" not in item["7FE00010"]
+
+    usage = cluster.pacs_json("webcache", "usage")
+    assert usage["instances"] == {"queued": 0, "done": len(REAL) - 1, "skipped": 1, "failed": 2, "evicted": 0}
+    assert usage["series_documents"] == len(names) and usage["bytes"] > 0
+    assert cluster.pacs("webcache", "verify").returncode == 0
+
+    # pacs curate redoes a study on demand; a new codec version re-curates by itself
+    before = {uid: e["curated_at"] for uid, e in _entries(cluster).items()}
+    res = cluster.pacs("curate", study_uid, "--force", check=False)
+    assert res.returncode == 1 and "7 done, 2 failed, 1 skipped" in " ".join(res.stdout.split())
+    after = _entries(cluster)
+    assert all(after[uid]["curated_at"] > before[uid] for uid in before)
+    uid_ct = next(u for u, n in names.items() if n == "CT_small.dcm")
+    with sqlite3.connect(cluster.data_dir / "pacs.db") as db:
+        db.execute("UPDATE webcache_entries SET codec_version = 0 WHERE sop_instance_uid = ?", (uid_ct,))
+    _wait(lambda: _entries(cluster)[uid_ct]["codec_version"] == wavelet.FORMAT_VERSION
+          and _entries(cluster)[uid_ct]["curated_at"] > after[uid_ct]["curated_at"], timeout=60)
+    bad = cluster.pacs("curate", "1.2.3/../4", check=False)
+    assert bad.returncode == 2 and "UID" in bad.stderr
+
+
+@pytest.mark.slow
+def test_killed_curator_loses_nothing_and_the_cache_keeps_its_limit(
+        make_cluster: Callable[..., Cluster], tmp_path: Path) -> None:
+    c = make_cluster("postgres", PACS_CURATOR_REQUEUE_SECONDS="4", PACS_WEBCACHE_MAX_BYTES=str(3_000_000)).start()
+    folder = tmp_path / "big"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    study = generate_uid()
+    n = 40
+    for k in range(n):
+        ds = ct_dataset("BIG-1", seed=rng, StudyInstanceUID=study, InstanceNumber=k + 1, Rows=512, Columns=512)
+        smooth = (np.add.outer(np.arange(512), np.arange(512)) * 3 + rng.integers(0, 64, (512, 512)))
+        ds.PixelData = (smooth % 4096).astype(np.uint16).tobytes()
+        write_part10(folder / f"{k:03d}.dcm", ds)
+    c.storescu(*sorted(folder.iterdir()))
+    c.wait_indexed(n)
+
+    def progress() -> tuple[int, int]:
+        e = _entries(c)
+        return sum(x["state"] == "done" for x in e.values()), len(e)
+
+    _wait(lambda: progress()[0] >= 1, step=0.05)
+    done_at_kill, _ = progress()
+    for pid in c.pids("curator"):
+        os.kill(pid, signal.SIGKILL)
+    assert done_at_kill < n, "the curator was killed midway"
+    _wait(lambda: progress() == (n, n) or (sum(x["state"] in ("done", "evicted") for x in _entries(c).values())
+                                           == n), timeout=180)
+    assert all(e["state"] in ("done", "evicted") for e in _entries(c).values())
+
+    # the size limit holds; evicted entries lost their files, and are rebuilt on demand
+    usage = _wait(lambda: (u := c.pacs_json("webcache", "usage"))["bytes"] <= 3_000_000 and u, timeout=30)
+    assert usage["instances"]["evicted"] > 0
+    evicted = [e for e in _entries(c).values() if e["state"] == "evicted"]
+    assert not (c.data_dir / "webcache" / evicted[0]["wavelet_key"]).exists()
+    c.pacs("webcache", "evict", "--to", "0")
+    assert c.pacs_json("webcache", "usage")["bytes"] == 0
+
+    # a lost file is found by verify and rebuilt by the curator
+    c.pacs("curate", study)
+    victim = next(e for e in _entries(c).values() if e["state"] == "done")
+    (c.data_dir / "webcache" / victim["wavelet_key"]).unlink()
+    res = c.pacs("webcache", "verify", check=False)
+    assert res.returncode == 1 and "missing" in res.stdout
+    rebuilt = c.data_dir / "webcache" / victim["wavelet_key"]
+    _wait(lambda: rebuilt.exists() and _entries(c)[victim["sop_instance_uid"]]["state"] == "done", timeout=60)
+    assert wavelet.info(rebuilt.read_bytes()).rows == 512
