@@ -17,7 +17,11 @@ returns the same dtype and layout. Options: ``levels`` (default: the
 fewest that bring the coarsest level to 64 pixels or less), ``rct``
 (reversible colour transform, default on for 3 samples: pass
 ``rct=False`` for YBR data), ``lossy_psnr`` (CDF 9/7 with a quantiser
-step chosen to reach that PSNR; off by default; ``info(data).lossy``).
+step chosen to reach that PSNR; off by default; ``info(data).lossy``),
+``value_tables`` (default True: a lossless plane that uses few of the
+values in its range is coded as indices into a table of the values it
+uses; its coarser levels are then the LL of the indices looked up in
+the table).
 
 Errors, all subclasses of :class:`WaveletError`:
 

@@ -7,12 +7,14 @@ import numpy as np
 from . import _container as fmt
 from . import _entropy as ent
 from . import _lifting as lift
+from . import _values
 from ._errors import CorruptError, InvalidInputError, TruncatedError
 
 WAVELET_LOSSY = "bior4.4"
 RECON_OFFSET = 0.375  # dequantisation point inside a quantiser interval
 _EMPTY = np.zeros((0, 0), np.int32)
 CHUNK_MANTISSA = 1  # chunk flag: the top mantissa bits are modelled
+CHUNK_TABLES = 2  # chunk flag (coarsest chunk): value tables of the frame's samples
 MANTISSA_MODE_GAIN = 0.1  # estimated saving that turns it on
 
 
@@ -69,8 +71,9 @@ def _mantissa_gain(items) -> float:
     return 1.0 - h / bits
 
 
-def _encode_chunk(items) -> bytes:
-    """``items``: (band, group, predict, oth) in coding order."""
+def _encode_chunk(items, tables: bytes = b"") -> bytes:
+    """``items``: (band, group, predict, oth) in coding order; ``tables``:
+    the packed value tables (coarsest chunk only)."""
     n = sum(b.size for b, *_ in items)
     width = max((b.shape[1] for b, *_ in items), default=0)
     size = 2 * n + 40 * width + 1024
@@ -91,31 +94,42 @@ def _encode_chunk(items) -> bytes:
             break
         size *= 4
     na, nr = ent.finish(st, ac, raw)
-    head = bytes([CHUNK_MANTISSA if mant else 0]) + int(na - 1).to_bytes(4, "little")
+    flags = (CHUNK_MANTISSA if mant else 0) | (CHUNK_TABLES if tables else 0)
+    head = bytes([flags]) + tables + int(na - 1).to_bytes(4, "little")
     return b"".join([head, ac[1:na].tobytes(), raw[:nr].tobytes()])
 
 
 class _ChunkDecoder:
-    def __init__(self, blob: memoryview, where: str):
+    def __init__(self, blob: memoryview, where: str, hdr: fmt.WaveletInfo | None = None):
+        """``hdr``: given for a coarsest chunk, which may hold value tables."""
         if len(blob) < 5:
             raise CorruptError(f"{where}: chunk shorter than its head")
-        if blob[0] & ~CHUNK_MANTISSA:
+        known = CHUNK_MANTISSA | (CHUNK_TABLES if hdr is not None and not hdr.lossy else 0)
+        if blob[0] & ~known:
             raise CorruptError(f"{where}: unknown chunk flags {blob[0]:#x}")
         self.mant = bool(blob[0] & CHUNK_MANTISSA)
-        na = int.from_bytes(blob[1:5], "little")
-        if na > len(blob) - 5:
+        pos = 1
+        self.tables = [None] * (hdr.samples if hdr is not None else 0)
+        if blob[0] & CHUNK_TABLES:
+            lo, hi = _range(hdr.bits_stored, hdr.signed)
+            self.tables, pos = _values.unpack(blob, pos, hdr.samples, lo, hi, where)
+        if len(blob) < pos + 4:
+            raise CorruptError(f"{where}: chunk shorter than its head")
+        na = int.from_bytes(blob[pos : pos + 4], "little")
+        pos += 4
+        if na > len(blob) - pos:
             raise CorruptError(f"{where}: range-coder length {na} exceeds the chunk")
         buf = np.frombuffer(blob, np.uint8)
-        self.ac = buf[5 : 5 + na]
-        self.raw = buf[5 + na :]
+        self.ac = buf[pos : pos + na]
+        self.raw = buf[pos + na :]
         self.st = ent.new_decoder(self.ac)
-        self.tables = ent.new_tables()
+        self.model = ent.new_tables()
         self.where = where
 
     def band(self, shape, group, predict, oth) -> tuple[np.ndarray, np.ndarray]:
         band = np.empty(shape, np.int32)
         mp = np.zeros((shape[0] + 2, shape[1] + 3), np.int32)
-        if ent.decode_band(self.st, self.ac, self.raw, *self.tables, band, mp, oth, group, predict, self.mant):
+        if ent.decode_band(self.st, self.ac, self.raw, *self.model, band, mp, oth, group, predict, self.mant):
             raise CorruptError(f"{self.where}: entropy-coded data overrun")
         return band, mp[2:, 2:-1]
 
@@ -139,13 +153,15 @@ def _detail_items(bands, mags, parents, has_parent):
     return items
 
 
-def _encode_planes(coefs, levels, frames, samples) -> list[list[bytes]]:
-    """``coefs[f][s]`` = (LL, details) -> ``blobs[f][level]``."""
+def _encode_planes(coefs, levels, frames, samples, tables) -> list[list[bytes]]:
+    """``coefs[f][s]`` = (LL, details), ``tables[f][s]`` value table or
+    None -> ``blobs[f][level]``."""
     blobs = []
     for f in range(frames):
         per = [None] * (levels + 1)
         per[levels] = _encode_chunk(
-            [(coefs[f][s][0], ent.GROUP_LL, True, np.zeros(coefs[f][s][0].shape, np.int32)) for s in range(samples)]
+            [(coefs[f][s][0], ent.GROUP_LL, True, np.zeros(coefs[f][s][0].shape, np.int32)) for s in range(samples)],
+            _values.pack(tables[f]) if any(t is not None for t in tables[f]) else b"",
         )
         for k in range(levels - 1, -1, -1):
             items = []
@@ -160,14 +176,15 @@ def _encode_planes(coefs, levels, frames, samples) -> list[list[bytes]]:
 
 
 def _decode_planes(data, hdr: fmt.WaveletInfo, level: int):
-    """Yield, per frame, the per-sample (LL at ``level``-or-coarsest, detail
-    bands decoded so far) in coefficient form, decoding chunks down to
-    ``level``. Returns list[f][s] of (ll_coarsest, details list)."""
+    """Decode every frame's chunks down to ``level``: return
+    (coefs, tables) with ``coefs[f][s]`` = (coarsest LL, detail bands
+    decoded so far) and ``tables[f][s]`` the value table or None."""
     shapes = lift.band_shapes(hdr.rows, hdr.cols, hdr.levels)
-    out = []
+    out, tables = [], []
     for f in range(hdr.frames):
         blob = fmt.chunk_bytes(data, hdr.chunk(f, hdr.levels))
-        dec = _ChunkDecoder(blob, f"frame {f} level {hdr.levels}")
+        dec = _ChunkDecoder(blob, f"frame {f} level {hdr.levels}", hdr)
+        tables.append(dec.tables)
         lls = []
         for s in range(hdr.samples):
             shape = shapes[hdr.levels]
@@ -191,7 +208,7 @@ def _decode_planes(data, hdr: fmt.WaveletInfo, level: int):
                 details[s][k] = tuple(bands)
                 mags[s][k] = bmags
         out.append([(lls[s], details[s]) for s in range(hdr.samples)])
-    return out
+    return out, tables
 
 
 # ---------------------------------------------------------------- input
@@ -258,6 +275,7 @@ def encode(
     frames: bool = False,
     rct: bool | None = None,
     lossy_psnr: float | None = None,
+    value_tables: bool = True,
 ) -> bytes:
     planes, frame_axis, sample_axis, signed, itemsize, bits = _normalise(pixels, frames, bits_stored)
     nf, rows, cols, ns = planes.shape
@@ -273,6 +291,14 @@ def encode(
         rct = ns == 3
     if rct and ns != 3:
         raise InvalidInputError("rct needs 3 samples per pixel")
+    tables = [[None] * ns for _ in range(nf)]
+    if lossy_psnr is None and value_tables:
+        for f in range(nf):
+            for s in range(ns):
+                t = _values.choose(planes[f, :, :, s])
+                if t is not None:
+                    planes[f, :, :, s] = t.indices(planes[f, :, :, s])
+                    tables[f][s] = t
     if rct:
         planes = lift.rct_forward(planes)
     flags = (
@@ -296,7 +322,7 @@ def encode(
         coefs, step = _lossy.quantise(planes, levels, rct, bits, signed, float(lossy_psnr), RECON_OFFSET)
         fields.update(quant_step=step, target_psnr=float(lossy_psnr), recon_offset=RECON_OFFSET)
     fields["flags"] = flags
-    return fmt.pack(fields, _encode_planes(coefs, levels, nf, ns))
+    return fmt.pack(fields, _encode_planes(coefs, levels, nf, ns, tables))
 
 
 def info(data) -> fmt.WaveletInfo:
@@ -311,7 +337,7 @@ def decode(data, level: int = 0) -> np.ndarray:
         raise InvalidInputError(f"level {level}: this file has levels 0..{hdr.levels}")
     if len(data) < hdr.level_end(level):
         raise TruncatedError(f"{len(data)} bytes: level {level} needs the first {hdr.level_end(level)} bytes")
-    coefs = _decode_planes(data, hdr, level)
+    coefs, tables = _decode_planes(data, hdr, level)
     if hdr.lossy:
         from . import _lossy
 
@@ -325,6 +351,10 @@ def decode(data, level: int = 0) -> np.ndarray:
                 planes[f, :, :, s] = lift.inverse(ll, details, level)
         if hdr.rct:
             planes = lift.rct_inverse(planes)
+        for f in range(hdr.frames):
+            for s, t in enumerate(tables[f]):
+                if t is not None:
+                    planes[f, :, :, s] = t.lookup(planes[f, :, :, s], exact=level == 0)
     lo, hi = _range(hdr.bits_stored, hdr.signed)
     if hdr.lossy or level:
         np.clip(planes, lo, hi, out=planes)

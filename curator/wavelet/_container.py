@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from ._errors import CorruptError, TruncatedError, UnsupportedError
 
 MAGIC = b"PCWV"
-VERSION = 2
+VERSION = 3
 
 FLAG_SIGNED = 1
 FLAG_RCT = 2

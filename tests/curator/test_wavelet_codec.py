@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 
 from curator import wavelet
-from curator.wavelet import _lifting
+from curator.wavelet import _lifting, _values
 
 
 def _planes(arr, frames=False):
@@ -24,10 +24,20 @@ def _planes(arr, frames=False):
 
 def _reference(arr, level, bits, signed, frames=False):
     """The LL image at ``level`` computed with the reference lifting, laid
-    out and clipped as ``decode`` returns it."""
+    out and clipped as ``decode`` returns it: of the value indices, looked
+    up in the value table, for the planes the encoder gives a table."""
     planes = _planes(arr, frames)
+    tables = {}
+    for f in range(planes.shape[0]):
+        for s in range(planes.shape[-1]):
+            t = _values.choose(planes[f, :, :, s])
+            if t is not None:
+                planes[f, :, :, s] = t.indices(planes[f, :, :, s])
+                tables[f, s] = t
     rct = planes.shape[-1] == 3
     ll = _lifting.lowpass(planes, level, rct)
+    for (f, s), t in tables.items():
+        ll[f, :, :, s] = t.values[np.clip(ll[f, :, :, s], 0, len(t.values) - 1)]
     lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
     ll = np.clip(ll, lo, hi)
     if not frames:
@@ -73,6 +83,75 @@ def test_multiframe_prefix_gives_every_frame_coarse_level(mr_frames):
     coarse = [c for c in hdr.chunks if c.level == 3]
     assert max(c.end for c in coarse) == hdr.level_end(3) <= min(c.offset for c in hdr.chunks if c.level < 3)
     _check_prefixes(mr_frames, data, 12, frames=True)
+
+
+def _sparse(rows=200, cols=300, seed=5):
+    """A synthetic 12-bit pattern using 40 of its 4096 values (blocks,
+    a ramp, noise on some blocks), as test patterns and LUT-ed images are."""
+    rng = np.random.default_rng(seed)
+    levels = np.sort(rng.choice(4096, 40, replace=False))
+    idx = (np.add.outer(np.arange(rows) // 25, np.arange(cols) // 30) * 3) % 40
+    idx[:, -40:] = (np.arange(rows) * 40 // rows)[:, None]
+    noisy = rng.random((rows, cols)) < 0.2
+    idx = np.where(noisy, np.clip(idx + rng.integers(-1, 2, (rows, cols)), 0, 39), idx)
+    return levels[idx].astype(np.uint16)
+
+
+def test_sparse_values_are_coded_as_table_indices():
+    arr = _sparse()
+    data = wavelet.encode(arr, bits_stored=12)
+    assert len(data) < 0.7 * len(wavelet.encode(arr, bits_stored=12, value_tables=False))
+    assert np.array_equal(wavelet.decode(data), arr)
+    _check_prefixes(arr, data, 12)
+    assert set(np.unique(wavelet.decode(data[: wavelet.info(data).level_end(2)], level=2))) <= set(np.unique(arr))
+
+
+def test_value_tables_per_frame_and_sample():
+    a = _sparse(64, 80)
+    b = (_sparse(64, 80, seed=9) // 16).astype(np.uint16)  # another table
+    rgb = np.stack([a, np.full_like(a, 7), b], axis=-1)
+    frames = np.stack([rgb, rgb[::-1]])
+    data = wavelet.encode(frames, bits_stored=12, frames=True, levels=2)
+    assert np.array_equal(wavelet.decode(data), frames)
+    _check_prefixes(frames, data, 12, frames=True)
+
+
+def _with_chunk(data, chunk, body: bytes) -> bytes:
+    """``data`` with ``chunk`` replaced by ``body``, checksums rewritten."""
+    from curator.wavelet import _container
+
+    hdr = wavelet.info(data)
+    blobs = [[bytes(data[c.offset : c.end]) if c != chunk else body for c in hdr.chunks if c.frame == f][::-1]
+             for f in range(hdr.frames)]  # fmt: skip
+    fields = dict(rows=hdr.rows, cols=hdr.cols, frames=hdr.frames, samples=hdr.samples, bits_stored=hdr.bits_stored,
+                  itemsize=hdr.itemsize, levels=hdr.levels, flags=data[5], quant_step=0.0, target_psnr=0.0,
+                  recon_offset=0.0)  # fmt: skip
+    return _container.pack(fields, blobs)
+
+
+def test_damaged_value_table_is_corrupt():
+    arr = _sparse()
+    data = wavelet.encode(arr, bits_stored=12)
+    chunk = wavelet.info(data).chunks[0]
+    body = bytearray(data[chunk.offset : chunk.end])
+    assert body[0] & 2  # the coarsest chunk holds the table: u8 flags, i32 first, u32 span, bitmap
+    assert np.array_equal(wavelet.decode(_with_chunk(data, chunk, bytes(body))), arr)
+    first, span = int.from_bytes(body[1:5], "little", signed=True), int.from_bytes(body[5:9], "little")
+    assert first == arr.min() and first + span - 1 == arr.max()
+    for pos, value in [(1, 0xFF), (5, 0xFF), (8, 0x10), (9, body[9] & 0xFE)]:  # first, span, bit 0
+        bad = bytearray(body)
+        bad[pos] = value
+        with pytest.raises(wavelet.CorruptError):
+            wavelet.decode(_with_chunk(data, chunk, bytes(bad)))
+    rng = np.random.default_rng(11)
+    for _ in range(20):  # other bitmap damage: an error or an image, never a crash
+        bad = bytearray(body)
+        bad[int(rng.integers(9, 9 + (span + 7) // 8))] ^= 1 << int(rng.integers(0, 8))
+        try:
+            out = wavelet.decode(_with_chunk(data, chunk, bytes(bad)))
+        except wavelet.WaveletError:
+            continue
+        assert out.shape == arr.shape
 
 
 def test_index_describes_byte_ranges(ct):
