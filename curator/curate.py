@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from curator import wavelet
 from curator.thumbnail import thumbnail, thumbnail_level
 from curator.webcache import (
-    DONE, FAILED, FINAL, QUEUED, SKIPPED, series_key, thumbnail_key, wavelet_key, webcache_store,
+    DONE, FAILED, FINAL, QUEUED, SKIPPED, new_entry, series_key, thumbnail_key, wavelet_key, webcache_store,
 )
 from dbserver.models import Instance, ObjectCopy, Series, Study, WebcacheEntry, WebcacheSeries, utcnow
 from services.db import run_in_transaction, unit_of_work
@@ -95,11 +95,8 @@ def _record(settings: Settings, src: Source, **values: Any) -> None:
     values.update(sha256=src.sha256, curated_at=now, last_access_at=now, codec_version=CODEC_VERSION)
 
     def work(session: Session) -> None:
-        insert_ignore(session, WebcacheEntry.__table__, [{
-            "sop_instance_uid": src.sop_instance_uid, "sha256": src.sha256, "state": QUEUED,
-            "codec_version": 0, "wavelet_key": "", "wavelet_size": 0, "thumbnail_key": "", "thumbnail_size": 0,
-            "levels": 0, "level_index": "", "lossy": False, "metadata_json": "", "error": "", "attempts": 0,
-            "queued_at": now, "last_access_at": now}], ["sop_instance_uid"])
+        insert_ignore(session, WebcacheEntry.__table__, [new_entry(src.sop_instance_uid, src.sha256, now)],
+                      ["sop_instance_uid"])
         session.execute(update(WebcacheEntry).where(WebcacheEntry.sop_instance_uid == src.sop_instance_uid)
                         .values(attempts=WebcacheEntry.attempts + 1, **values))
 

@@ -22,14 +22,14 @@ import logging
 from datetime import timedelta
 
 from sqlalchemy import and_, exists, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from curator.curate import CODEC_VERSION, build_series_document
-from curator.webcache import FINAL, QUEUED, evict
+from curator.webcache import EVICTED, FINAL, QUEUED, evict, new_entry
 from dbserver.models import Instance, ObjectCopy, Series, Study, WebcacheEntry, WebcacheSeries, utcnow
 from services.db import run_in_transaction
 from services.settings import Settings
+from services.sqlutil import insert_ignore
 from services.tasks import T_CURATE_INSTANCES, send
 
 LOG = logging.getLogger(__name__)
@@ -47,15 +47,8 @@ def _claim_new(session: Session) -> list[str]:
                            .where(archived, ~has_entry).order_by(Instance.id).limit(BATCH)).all()
     if not rows:
         return []
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    table = WebcacheEntry.__table__
-    stmt = (dialect.insert(table).on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-            .returning(table.c.sop_instance_uid))
-    values = [{"sop_instance_uid": uid, "sha256": sha, "state": QUEUED, "codec_version": 0, "wavelet_key": "",
-               "wavelet_size": 0, "thumbnail_key": "", "thumbnail_size": 0, "levels": 0, "level_index": "",
-               "lossy": False, "metadata_json": "", "error": "", "attempts": 0, "queued_at": now,
-               "last_access_at": now} for uid, sha in rows]
-    return list(session.scalars(stmt, values))
+    return insert_ignore(session, WebcacheEntry.__table__, [new_entry(uid, sha, now) for uid, sha in rows],
+                         ["sop_instance_uid"], returning="sop_instance_uid")
 
 
 def _claim_again(session: Session, requeue_after: float) -> list[str]:
@@ -80,8 +73,9 @@ def series_to_document(session: Session, limit: int = 20) -> list[str]:
     entry = select(WebcacheEntry.curated_at).join(
         Instance, Instance.sop_instance_uid == WebcacheEntry.sop_instance_uid).where(Instance.series_fk == Series.id)
     newest = entry.with_only_columns(func.max(WebcacheEntry.curated_at)).scalar_subquery()
+    # an evicted entry lost its files, not its metadata: it counts as curated
     unfinished = exists().where(Instance.series_fk == Series.id).where(~exists().where(
-        WebcacheEntry.sop_instance_uid == Instance.sop_instance_uid, WebcacheEntry.state.in_(FINAL)))
+        WebcacheEntry.sop_instance_uid == Instance.sop_instance_uid, WebcacheEntry.state.in_((*FINAL, EVICTED))))
     doc_built = (select(WebcacheSeries.built_at).where(WebcacheSeries.series_instance_uid == Series.series_instance_uid)
                  .scalar_subquery())
     query = (select(Series.series_instance_uid).join(Study, Series.study_fk == Study.id)

@@ -16,6 +16,7 @@ before they make a key).
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -47,6 +48,14 @@ def thumbnail_key(sop_uid: str) -> str:
 
 def series_key(series_uid: str) -> str:
     return f"series/{check_uid(series_uid)}.json.gz"
+
+
+def new_entry(sop_uid: str, sha256: str, now: datetime) -> dict[str, Any]:
+    """The row of an entry just asked for (``queued``)."""
+    return {"sop_instance_uid": sop_uid, "sha256": sha256, "state": QUEUED, "codec_version": 0, "wavelet_key": "",
+            "wavelet_size": 0, "thumbnail_key": "", "thumbnail_size": 0, "levels": 0, "level_index": "",
+            "lossy": False, "metadata_json": "", "error": "", "attempts": 0, "queued_at": now,
+            "last_access_at": now}
 
 
 def _usage(session: Session) -> tuple[int, int]:

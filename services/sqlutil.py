@@ -11,13 +11,17 @@ from sqlalchemy.orm import Session
 
 
 def insert_ignore(session: Session, table: Table, rows: Sequence[dict[str, Any]],
-                  conflict: Sequence[str]) -> None:
-    """INSERT … ON CONFLICT (conflict) DO NOTHING, for many rows."""
+                  conflict: Sequence[str], returning: str | None = None) -> list[Any]:
+    """INSERT … ON CONFLICT (conflict) DO NOTHING, for many rows; with
+    ``returning``, that column of the rows this statement inserted."""
     if not rows:
-        return
+        return []
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     stmt = dialect.insert(table).on_conflict_do_nothing(index_elements=list(conflict))
-    session.execute(stmt, list(rows))
+    if returning is None:
+        session.execute(stmt, list(rows))
+        return []
+    return list(session.scalars(stmt.returning(table.c[returning]), list(rows)))
 
 
 def upsert(session: Session, table: Table, rows: Sequence[dict[str, Any]],

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,18 @@ def claim_redis_db() -> int:
 
 def release_redis_db(n: int) -> None:
     redis_lib.Redis.from_url(f"{REDIS_URL}/0").delete(f"pacs-test:db:{n}")
+
+
+def wait_until(what: Callable[[], Any], timeout: float = 60.0, step: float = 0.3) -> Any:
+    """Poll ``what`` until it returns something true, and return that;
+    TimeoutError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(step)
+    raise TimeoutError(f"not so after {timeout}s")
 
 
 def free_port() -> int:

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import sqlite3
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from psycopg.rows import dict_row
 from pydicom.uid import generate_uid
 
 from curator import wavelet
-from tests.cluster import Cluster
+from tests.cluster import Cluster, wait_until
 from tests.dicomdata import ct_dataset, write_part10
 
 REAL = ["CT_small.dcm", "MR_small.dcm", "US1_J2KR.dcm", "emri_small.dcm", "SC_rgb_rle.dcm", "JPEG2000.dcm",
@@ -76,16 +75,6 @@ def _entries(c: Cluster) -> dict[str, dict]:
     return {r["sop_instance_uid"]: r for r in rows}
 
 
-def _wait(what: Callable[[], object], timeout: float = 120.0, step: float = 0.3) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(step)
-    raise TimeoutError("condition not met")
-
-
 def _archived_pixels(c: Cluster, study: dict, uid: str) -> np.ndarray:
     inst = next(i for s in study["series"] for i in s["instances"] if i["sop_instance_uid"] == uid)
     return pydicom.dcmread(c.data_dir / "archive" / "cache" / inst["copies"][0]["locator"]).pixel_array
@@ -95,8 +84,8 @@ def test_a_stored_study_is_curated_without_any_command(cluster: Cluster, tmp_pat
     study_uid, names = _study_files(tmp_path / "study")
     cluster.storescu(*sorted((tmp_path / "study").iterdir()))
     cluster.wait_indexed(len(names))
-    entries = _wait(lambda: (e := _entries(cluster)) and len(e) == len(names)
-                    and all(x["state"] != "queued" for x in e.values()) and e)
+    entries = wait_until(lambda: (e := _entries(cluster)) and len(e) == len(names)
+                    and all(x["state"] != "queued" for x in e.values()) and e, timeout=120)
     states = {names[uid]: e["state"] for uid, e in entries.items()}
     assert states == {**{n: "done" for n in REAL if n != "rtplan.dcm"}, "rtplan.dcm": "skipped",
                       "truncated_j2k.dcm": "failed", "short_pixels.dcm": "failed",
@@ -126,7 +115,7 @@ def test_a_stored_study_is_curated_without_any_command(cluster: Cluster, tmp_pat
         assert 0 < max(width, height) <= 128
 
     # once the study is stable, one metadata document per series, without bulk data
-    docs = _wait(lambda: len(list((cache / "series").glob("*.json.gz"))) == len(names) and
+    docs = wait_until(lambda: len(list((cache / "series").glob("*.json.gz"))) == len(names) and
                  list((cache / "series").glob("*.json.gz")), timeout=60)
     by_series = {s["series_instance_uid"]: s for s in shown["series"]}
     for path in docs:
@@ -153,7 +142,7 @@ def test_a_stored_study_is_curated_without_any_command(cluster: Cluster, tmp_pat
     uid_ct = next(u for u, n in names.items() if n == "CT_small.dcm")
     with sqlite3.connect(cluster.data_dir / "pacs.db") as db:
         db.execute("UPDATE webcache_entries SET codec_version = 0 WHERE sop_instance_uid = ?", (uid_ct,))
-    _wait(lambda: _entries(cluster)[uid_ct]["codec_version"] == wavelet.FORMAT_VERSION
+    wait_until(lambda: _entries(cluster)[uid_ct]["codec_version"] == wavelet.FORMAT_VERSION
           and _entries(cluster)[uid_ct]["curated_at"] > after[uid_ct]["curated_at"], timeout=60)
     bad = cluster.pacs("curate", "1.2.3/../4", check=False)
     assert bad.returncode == 2 and "UID" in bad.stderr
@@ -166,10 +155,11 @@ def test_killed_curator_loses_nothing_and_the_cache_keeps_its_limit(
     folder = tmp_path / "big"
     folder.mkdir()
     rng = np.random.default_rng(5)
-    study = generate_uid()
+    study, series = generate_uid(), generate_uid()
     n = 40
     for k in range(n):
-        ds = ct_dataset("BIG-1", seed=rng, StudyInstanceUID=study, InstanceNumber=k + 1, Rows=512, Columns=512)
+        ds = ct_dataset("BIG-1", seed=rng, StudyInstanceUID=study, SeriesInstanceUID=series, InstanceNumber=k + 1,
+                        Rows=512, Columns=512)
         smooth = (np.add.outer(np.arange(512), np.arange(512)) * 3 + rng.integers(0, 64, (512, 512)))
         ds.PixelData = (smooth % 4096).astype(np.uint16).tobytes()
         write_part10(folder / f"{k:03d}.dcm", ds)
@@ -180,18 +170,18 @@ def test_killed_curator_loses_nothing_and_the_cache_keeps_its_limit(
         e = _entries(c)
         return sum(x["state"] == "done" for x in e.values()), len(e)
 
-    _wait(lambda: progress()[0] >= 1, step=0.05)
+    wait_until(lambda: progress()[0] >= 1, step=0.05)
     done_at_kill, _ = progress()
     for pid in c.pids("curator"):
         os.kill(pid, signal.SIGKILL)
     assert done_at_kill < n, "the curator was killed midway"
-    _wait(lambda: progress() == (n, n) or (sum(x["state"] in ("done", "evicted") for x in _entries(c).values())
+    wait_until(lambda: progress() == (n, n) or (sum(x["state"] in ("done", "evicted") for x in _entries(c).values())
                                            == n), timeout=180)
     assert all(e["state"] in ("done", "evicted") for e in _entries(c).values())
 
     # the size limit holds; evicted entries lost their files, and are rebuilt on demand
     # (the study's series document is built once every instance is curated: wait for it too)
-    usage = _wait(lambda: (u := c.pacs_json("webcache", "usage"))["bytes"] <= 3_000_000
+    usage = wait_until(lambda: (u := c.pacs_json("webcache", "usage"))["bytes"] <= 3_000_000
                   and u["series_documents"] == 1 and u, timeout=60)
     assert usage["instances"]["evicted"] > 0
     evicted = [e for e in _entries(c).values() if e["state"] == "evicted"]
@@ -206,5 +196,5 @@ def test_killed_curator_loses_nothing_and_the_cache_keeps_its_limit(
     res = c.pacs("webcache", "verify", check=False)
     assert res.returncode == 1 and "missing" in res.stdout
     rebuilt = c.data_dir / "webcache" / victim["wavelet_key"]
-    _wait(lambda: rebuilt.exists() and _entries(c)[victim["sop_instance_uid"]]["state"] == "done", timeout=60)
+    wait_until(lambda: rebuilt.exists() and _entries(c)[victim["sop_instance_uid"]]["state"] == "done", timeout=60)
     assert wavelet.info(rebuilt.read_bytes()).rows == 512

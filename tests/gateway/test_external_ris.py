@@ -17,7 +17,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
-from tests.cluster import DCMTK, Cluster, free_port
+from tests.cluster import DCMTK, Cluster, free_port, wait_until
 from tests.ris import send_study
 
 RIS_AE = "RISMWL"
@@ -74,16 +74,6 @@ def ris(tmp_path: Path) -> Iterator[Wlmscpfs]:
     server.stop()
 
 
-def wait_for(what: Callable[[], object], timeout: float = 60.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise TimeoutError("condition not met")
-
-
 def statuses(c: Cluster) -> dict[str, str]:
     found = {s["study_instance_uid"]: s["validation_status"] for s in c.studies()}
     found.update({s["study_instance_uid"]: s["validation_status"] for s in c.pacs_json("quarantine", "list")})
@@ -102,7 +92,7 @@ def test_validation_by_worklist_query_and_pending_while_the_ris_is_down(
     good = send_study(c, tmp_path / "good", "W-1", "PW1", "Work^Lisa", "19800101", "F")
     bad = send_study(c, tmp_path / "bad", "W-2", "PW2", "WRONG^WALT", "19700203", "M", seed=2)
     unknown = send_study(c, tmp_path / "unknown", "W-404", "PW4", "NOBODY^NED", "19500101", "M", seed=3)
-    wait_for(lambda: statuses(c) == {good: "verified", bad: "quarantined", unknown: "unverified"})
+    wait_until(lambda: statuses(c) == {good: "verified", bad: "quarantined", unknown: "unverified"})
     why = c.pacs_json("quarantine", "show", bad)["validation_detail"]["differences"]
     assert why == {"patient_birth_date": {"images": "19700203", "ris": "19700202"}}
     orders = {o["accession_number"]: o for o in c.pacs_json("ris", "orders")}
@@ -122,11 +112,11 @@ def test_validation_by_worklist_query_and_pending_while_the_ris_is_down(
 
     ris.stop()
     late = send_study(c, tmp_path / "late", "W-3", "PW3", "LATE^LARA", "19900303", "F", seed=4)
-    wait_for(lambda: c.pacs_json("study", "show", late)["validation_detail"].get("attempts", 0) >= 2)
+    wait_until(lambda: c.pacs_json("study", "show", late)["validation_detail"].get("attempts", 0) >= 2)
     shown = c.pacs_json("study", "show", late)
     assert shown["validation_status"] == "pending"
     assert RIS_AE in shown["validation_detail"]["last_error"]
 
     ris.start()
-    wait_for(lambda: statuses(c).get(late) == "verified")
+    wait_until(lambda: statuses(c).get(late) == "verified")
     assert statuses(c)[good] == "verified"

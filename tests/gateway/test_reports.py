@@ -11,22 +11,12 @@ from pathlib import Path
 
 import hl7
 
-from tests.cluster import Cluster, free_port
+from tests.cluster import Cluster, free_port, wait_until
 from tests.ris import MllpReceiver, order, send_study
 
 
 def _outbox(c: Cluster) -> list[dict]:
     return c.pacs_json("hl7", "outbox")
-
-
-def _wait(what: Callable[[], object], timeout: float = 60.0) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise TimeoutError("condition not met")
 
 
 def test_report_waits_for_the_ris_survives_a_restart_and_arrives_once(
@@ -45,7 +35,7 @@ def test_report_waits_for_the_ris_survives_a_restart_and_arrives_once(
     assert c.pacs_json("study", "show", uid)["reading_status"] == "reported"
 
     # the RIS is down: the report waits, attempts counted, the error shown
-    _wait(lambda: (_outbox(c)[0]["attempts"] >= 2) and _outbox(c)[0]["last_error"])
+    wait_until(lambda: (_outbox(c)[0]["attempts"] >= 2) and _outbox(c)[0]["last_error"])
     waiting = _outbox(c)[0]
     assert waiting["state"] == "waiting" and "refused" in waiting["last_error"].lower()
     control_id = waiting["message_control_id"]
@@ -56,7 +46,7 @@ def test_report_waits_for_the_ris_survives_a_restart_and_arrives_once(
 
     receiver = MllpReceiver(ris_port).start()
     try:
-        _wait(lambda: _outbox(c)[0]["state"] == "sent")
+        wait_until(lambda: _outbox(c)[0]["state"] == "sent")
         time.sleep(3)  # a few more sender rounds: nothing is sent again
         assert receiver.control_ids() == [control_id]
         oru = hl7.parse(receiver.received[0])
@@ -76,11 +66,11 @@ def test_report_waits_for_the_ris_survives_a_restart_and_arrives_once(
         receiver.code = "AE"
         text.write_text("ADDENDUM: none.")
         c.pacs("report", "add", uid, "--file", str(text), "--author", "DOC^DORA")
-        _wait(lambda: len(receiver.received) >= 3)
+        wait_until(lambda: len(receiver.received) >= 3)
         second = [m for m in _outbox(c) if m["message_control_id"] != control_id][0]
         assert second["state"] == "waiting" and "AE" in second["last_error"]
         receiver.code = "AA"
-        _wait(lambda: all(m["state"] == "sent" for m in _outbox(c)))
+        wait_until(lambda: all(m["state"] == "sent" for m in _outbox(c)))
         ids = receiver.control_ids()
         assert ids.count(control_id) == 1 and set(ids) == {control_id, second["message_control_id"]}
         assert [r["sent_to_ris"] for r in c.pacs_json("report", "list", uid)] == [True, True]
