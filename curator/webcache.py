@@ -16,13 +16,13 @@ before they make a key).
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from dbserver.models import WebcacheEntry, WebcacheSeries, utcnow
+from dbserver.models import WebcacheEntry, WebcacheSeries
 from services.db import run_in_transaction, unit_of_work
 from services.dicom import check_uid
 from services.settings import Settings
@@ -32,6 +32,7 @@ LOG = logging.getLogger(__name__)
 
 QUEUED, DONE, SKIPPED, FAILED, EVICTED = "queued", "done", "skipped", "failed", "evicted"
 FINAL = (DONE, SKIPPED, FAILED)
+LONG_AGO = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
 
 def webcache_store(settings: Settings) -> BlobStore:
@@ -156,11 +157,10 @@ def verify(settings: Settings) -> dict[str, Any]:
             broken_docs.append(row_id)
 
     def requeue(session: Session) -> None:
-        now = utcnow()
         if broken_entries:
             # queued long ago, so that the next sweep asks for them again at once
             session.execute(update(WebcacheEntry).where(WebcacheEntry.id.in_(broken_entries))
-                            .values(state=QUEUED, queued_at=now.replace(year=2000)))
+                            .values(state=QUEUED, queued_at=LONG_AGO))
         if broken_docs:  # no row: the sweeper builds it again
             session.execute(delete(WebcacheSeries).where(WebcacheSeries.id.in_(broken_docs)))
 

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from dbserver.domains import report_domain
 from dbserver.models import Change, Hl7Outbox, Order, Patient, Report, RisDomain, Study, utcnow
 from dbserver.queries import audit
 from dbserver.registration import NO_PATIENT_ID
@@ -78,8 +79,6 @@ def add_report(settings: Settings, study_uid: str, text: str, author: str, actor
         raise ReportError("a report needs its author (--author)")
 
     def work(session: Session) -> dict[str, Any]:
-        from dbserver.domains import report_domain
-
         row = session.execute(select(Study, Patient).join(Patient, Study.patient_fk == Patient.id)
                               .where(Study.study_instance_uid == study_uid)).first()
         if row is None:

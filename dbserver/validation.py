@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import select
@@ -64,7 +65,7 @@ def demographics(patient: Patient) -> dict[str, str]:
 
 
 def differences(images: dict[str, str], order_patient: Patient,
-                earlier_ids: set[str] = frozenset()) -> dict[str, dict[str, str]]:  # type: ignore[assignment]
+                earlier_ids: Collection[str] = ()) -> dict[str, dict[str, str]]:
     """What the images say and what the RIS says, where they differ. An
     empty value on either side is not a difference (nothing to compare),
     nor a Patient ID the RIS patient had before (``earlier_ids``: merged
