@@ -11,6 +11,12 @@ separate raw bit stream with the sign. The frequency table is chosen by the
 local activity, the parent in the coarser level and the co-located
 coefficients of the bands of the same level coded before.
 
+Where that context is all zero, a run symbol instead says how many of the
+next "quiet" positions (up to 15: those whose context would be zero too)
+are zero; a run stopped early is followed by its nonzero value, coded
+with a table of its own. Flat areas then cost one symbol per 15
+coefficients.
+
 A chunk may be in mantissa mode (synthetic images, chosen by the encoder
 from a histogram): then the top four bits below the class are coded through
 tables of their own, and every table codes with the mean of its slow
@@ -40,7 +46,11 @@ CDF_MAX = (1 << CDF_BITS) - NSYM  # stored cumulative values run 0..CDF_MAX
 NQL = 30  # quantised local activity
 NQP = 10  # quantised parent/cross activity
 NGROUPS = 7  # HL, LH, HH without parent; HL, LH, HH with parent; LL
-NCTX = NGROUPS * NQL * NQP
+NCTX = NGROUPS * NQL * NQP  # class tables
+RUN_MAX = 15  # run mode: a run symbol covers at most this many quiet positions
+RUN_BASE = NCTX  # run tables: (group, quiet positions ahead - 1)
+RUNI_BASE = RUN_BASE + NGROUPS * RUN_MAX  # the class of the nonzero that ends a run, per group
+NTABLES = RUNI_BASE + NGROUPS
 GROUP_LL = 6
 SHIFT_BASE = 13  # k = max(0, (ql - SHIFT_BASE) >> 1)
 MAX_MAG = (1 << 26) - 1  # decoded magnitudes beyond this are corrupt
@@ -62,11 +72,11 @@ _CDF_INIT = np.tile(np.arange(NSYM + 1) * (CDF_MAX // NSYM), 2).astype(np.int32)
 def new_tables() -> tuple[np.ndarray, ...]:
     """Fresh model: (class tables, their counts, mantissa tables, their
     counts)."""
-    cdf = np.empty((NCTX, 2 * D), np.int32)
+    cdf = np.empty((NTABLES, 2 * D), np.int32)
     cdf[:] = _CDF_INIT
     mcdf = np.empty((NMCTX, 2 * D), np.int32)
     mcdf[:] = _CDF_INIT
-    return cdf, np.zeros(NCTX, np.int32), mcdf, np.zeros(NMCTX, np.int32)
+    return cdf, np.zeros(NTABLES, np.int32), mcdf, np.zeros(NMCTX, np.int32)
 
 
 def new_encoder() -> np.ndarray:
@@ -117,6 +127,69 @@ def _med(band, i, j):
     return wa + na - nw
 
 
+@nb.njit(inline="always")
+def _enc_sym(cdf, cnt, ctx, s, fs, mant, ac, low, rng, cache, csize, apos):
+    """Code symbol ``s`` with table ``ctx``, update the table; return the
+    new coder state."""
+    rr = rng >> CDF_BITS
+    lo = rr * (((np.int64(cdf[ctx, s]) + cdf[ctx, s + fs]) >> 1) + s)
+    rng = rr * (((np.int64(cdf[ctx, s + 1]) + cdf[ctx, s + 1 + fs]) >> 1) + s + 1) - lo
+    low += lo
+    _adapt(cdf, cnt, ctx, s, mant)
+    while rng < 16777216:
+        rng <<= 8
+        if low < 0xFF000000 or low > 0xFFFFFFFF:
+            carry = low >> 32
+            temp = cache
+            while True:
+                ac[apos] = (temp + carry) & 0xFF
+                apos += 1
+                temp = 0xFF
+                csize -= 1
+                if csize == 0:
+                    break
+            cache = (low >> 24) & 0xFF
+        csize += 1
+        low = (low & 0x00FFFFFF) << 8
+    return low, rng, cache, csize, apos
+
+
+@nb.njit(inline="always")
+def _dec_sym(cdf, cnt, ctx, fs, mant, ac, nac, rng, code, apos):
+    """Decode a symbol with table ``ctx``, update the table; return
+    (symbol, range, code, pos)."""
+    rr = rng >> CDF_BITS
+    s = 0
+    for t in range(1, NSYM):  # the tables are monotone: count the bounds passed
+        s += code >= rr * (((np.int64(cdf[ctx, t]) + cdf[ctx, t + fs]) >> 1) + t)
+    lo = rr * (((np.int64(cdf[ctx, s]) + cdf[ctx, s + fs]) >> 1) + s)
+    code -= lo
+    rng = rr * (((np.int64(cdf[ctx, s + 1]) + cdf[ctx, s + 1 + fs]) >> 1) + s + 1) - lo
+    _adapt(cdf, cnt, ctx, s, mant)
+    while rng < 16777216:
+        rng <<= 8
+        b = 0
+        if apos < nac:
+            b = ac[apos]
+        apos += 1
+        code = ((code << 8) | b) & 0xFFFFFFFF
+    return s, rng, code, apos
+
+
+@nb.njit(inline="always")
+def _adapt(cdf, cnt, ctx, s, mant):
+    n = cnt[ctx]
+    rate = 4 + (n >= C1) + (n >= C2) + (n >= C3) + (n >= C4)
+    cnt[ctx] = n + (1 if n < C4 else 0)
+    for t in range(1, NSYM):
+        tgt = CDF_MAX if t > s else 0
+        cdf[ctx, t] += (tgt - cdf[ctx, t]) >> rate
+    if mant:
+        for t in range(D + 1, D + NSYM):
+            tgt = CDF_MAX if t > s + D else 0
+            cdf[ctx, t] += (tgt - cdf[ctx, t]) >> FAST_RATE
+
+
 @nb.njit(cache=True, nogil=True, boundscheck=False)
 def encode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, band, mp, oth, group, predict, mant):
     """Code one band; return True if ``ac`` is too small (nothing usable
@@ -133,6 +206,7 @@ def encode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, band, mp, oth, group, predict
     rpos = st[_RPOS]
     rows, cols = band.shape
     gbase = group * NQL * NQP
+    rbase = RUN_BASE + group * RUN_MAX
     fs = D if mant else 0  # mantissa (synthetic) mode: mean of a fast and the slow estimate
     limit = ac.shape[0] - 64
     for i in range(rows):
@@ -149,49 +223,48 @@ def encode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, band, mp, oth, group, predict
                 + ((np.int64(mp[r, k2 - 2]) + mp[r - 2, k2]) >> 1)
             )
             qo = _qlog(np.int64(oth[i, j])) >> 1
+            ql = min(_qlog(local), NQL - 1)
+            qp = min(qo, NQP - 1)
+            if ql == 0 and qp == 0:
+                # run mode: the zeros among the next quiet positions, then
+                # (if the run stops at a quiet position) a known nonzero
+                n = 1
+                lim = min(RUN_MAX, cols - j)
+                while n < lim:  # quiet: the position would have the zero context if its west neighbours were 0
+                    p = j + n + 2
+                    if (mp[r - 1, p - 1] | mp[r - 1, p] | mp[r - 1, p + 1]) != 0 or mp[r - 2, p] > 1 or oth[i, p - 2] > 1:
+                        break
+                    n += 1
+                run = 0
+                while run < n:
+                    v = np.int64(band[i, j + run])
+                    if predict:
+                        v -= _med(band, i, j + run)
+                    if v != 0:
+                        break
+                    run += 1
+                low, rng, cache, csize, apos = _enc_sym(
+                    cdf, cnt, rbase + n - 1, run, fs, mant, ac, low, rng, cache, csize, apos
+                )
+                j += run
+                if run == n:
+                    continue
+                k2 = j + 2
+                ctx = RUNI_BASE + group
+                k = 0
+            else:
+                ctx = gbase + ql * NQP + qp
+                k = max(0, (ql - SHIFT_BASE) >> 1)
             v = np.int64(band[i, j])
             if predict:
                 v -= _med(band, i, j)
             mag = -v if v < 0 else v
             mp[r, k2] = mag
-            ql = min(_qlog(local), NQL - 1)
-            qp = min(qo, NQP - 1)
-            ctx = gbase + ql * NQP + qp
-            k = max(0, (ql - SHIFT_BASE) >> 1)
             q = _qlog(mag >> k)
             if k > 0 and mag != 0:
                 q += 1  # class 0 is the zero alone, class 1 is 0 < |v| < 2**k
             s = min(q, ESC)
-            # symbol s with table ctx
-            rr = rng >> CDF_BITS
-            lo = rr * (((np.int64(cdf[ctx, s]) + cdf[ctx, s + fs]) >> 1) + s)
-            rng = rr * (((np.int64(cdf[ctx, s + 1]) + cdf[ctx, s + 1 + fs]) >> 1) + s + 1) - lo
-            low += lo
-            n = cnt[ctx]
-            rate = 4 + (n >= C1) + (n >= C2) + (n >= C3) + (n >= C4)
-            cnt[ctx] = n + (1 if n < C4 else 0)
-            for t in range(1, NSYM):
-                tgt = CDF_MAX if t > s else 0
-                cdf[ctx, t] += (tgt - cdf[ctx, t]) >> rate
-            if mant:
-                for t in range(D + 1, D + NSYM):
-                    tgt = CDF_MAX if t > s + D else 0
-                    cdf[ctx, t] += (tgt - cdf[ctx, t]) >> FAST_RATE
-            while rng < 16777216:
-                rng <<= 8
-                if low < 0xFF000000 or low > 0xFFFFFFFF:
-                    carry = low >> 32
-                    temp = cache
-                    while True:
-                        ac[apos] = (temp + carry) & 0xFF
-                        apos += 1
-                        temp = 0xFF
-                        csize -= 1
-                        if csize == 0:
-                            break
-                    cache = (low >> 24) & 0xFF
-                csize += 1
-                low = (low & 0x00FFFFFF) << 8
+            low, rng, cache, csize, apos = _enc_sym(cdf, cnt, ctx, s, fs, mant, ac, low, rng, cache, csize, apos)
             # raw bits: escape extension (unary), bits below the class, sign
             if s == ESC:
                 e = q - ESC  # e ones, then a zero
@@ -212,36 +285,10 @@ def encode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, band, mp, oth, group, predict
                 w = min(nr, MANT_BITS)
                 nr -= w
                 s = (mag >> nr) & ((1 << w) - 1)
-                ctx = ((group * MANT_Q + min(q, MANT_Q - 1)) * MANT_K + min(k, MANT_K - 1))
-                rr = rng >> CDF_BITS
-                lo = rr * (((np.int64(mcdf[ctx, s]) + mcdf[ctx, s + fs]) >> 1) + s)
-                rng = rr * (((np.int64(mcdf[ctx, s + 1]) + mcdf[ctx, s + 1 + fs]) >> 1) + s + 1) - lo
-                low += lo
-                n = mcnt[ctx]
-                rate = 4 + (n >= C1) + (n >= C2) + (n >= C3) + (n >= C4)
-                mcnt[ctx] = n + (1 if n < C4 else 0)
-                for t in range(1, NSYM):
-                    tgt = CDF_MAX if t > s else 0
-                    mcdf[ctx, t] += (tgt - mcdf[ctx, t]) >> rate
-                if mant:
-                    for t in range(D + 1, D + NSYM):
-                        tgt = CDF_MAX if t > s + D else 0
-                        mcdf[ctx, t] += (tgt - mcdf[ctx, t]) >> FAST_RATE
-                while rng < 16777216:
-                    rng <<= 8
-                    if low < 0xFF000000 or low > 0xFFFFFFFF:
-                        carry = low >> 32
-                        temp = cache
-                        while True:
-                            ac[apos] = (temp + carry) & 0xFF
-                            apos += 1
-                            temp = 0xFF
-                            csize -= 1
-                            if csize == 0:
-                                break
-                        cache = (low >> 24) & 0xFF
-                    csize += 1
-                    low = (low & 0x00FFFFFF) << 8
+                ctx = (group * MANT_Q + min(q, MANT_Q - 1)) * MANT_K + min(k, MANT_K - 1)
+                low, rng, cache, csize, apos = _enc_sym(
+                    mcdf, mcnt, ctx, s, fs, mant, ac, low, rng, cache, csize, apos
+                )
             val = mag & ((np.int64(1) << nr) - 1)
             if mag != 0:
                 val = (val << 1) | (1 if v < 0 else 0)
@@ -310,6 +357,7 @@ def decode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, band, mp, oth, group, predict
     nac = ac.shape[0]
     rows, cols = band.shape
     gbase = group * NQL * NQP
+    rbase = RUN_BASE + group * RUN_MAX
     fs = D if mant else 0  # mantissa (synthetic) mode: mean of a fast and the slow estimate
     bad = False
     for i in range(rows):
@@ -326,32 +374,30 @@ def decode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, band, mp, oth, group, predict
             qo = _qlog(np.int64(oth[i, j])) >> 1
             ql = min(_qlog(local), NQL - 1)
             qp = min(qo, NQP - 1)
-            ctx = gbase + ql * NQP + qp
-            k = max(0, (ql - SHIFT_BASE) >> 1)
-            rr = rng >> CDF_BITS
-            s = 0
-            for t in range(1, NSYM):  # the tables are monotone: count the bounds passed
-                s += code >= rr * (((np.int64(cdf[ctx, t]) + cdf[ctx, t + fs]) >> 1) + t)
-            lo = rr * (((np.int64(cdf[ctx, s]) + cdf[ctx, s + fs]) >> 1) + s)
-            code -= lo
-            rng = rr * (((np.int64(cdf[ctx, s + 1]) + cdf[ctx, s + 1 + fs]) >> 1) + s + 1) - lo
-            n = cnt[ctx]
-            rate = 4 + (n >= C1) + (n >= C2) + (n >= C3) + (n >= C4)
-            cnt[ctx] = n + (1 if n < C4 else 0)
-            for t in range(1, NSYM):
-                tgt = CDF_MAX if t > s else 0
-                cdf[ctx, t] += (tgt - cdf[ctx, t]) >> rate
-            if mant:
-                for t in range(D + 1, D + NSYM):
-                    tgt = CDF_MAX if t > s + D else 0
-                    cdf[ctx, t] += (tgt - cdf[ctx, t]) >> FAST_RATE
-            while rng < 16777216:
-                rng <<= 8
-                b = 0
-                if apos < nac:
-                    b = ac[apos]
-                apos += 1
-                code = ((code << 8) | b) & 0xFFFFFFFF
+            if ql == 0 and qp == 0:
+                n = 1
+                lim = min(RUN_MAX, cols - j)
+                while n < lim:  # quiet: the position would have the zero context if its west neighbours were 0
+                    p = j + n + 2
+                    if (mp[r - 1, p - 1] | mp[r - 1, p] | mp[r - 1, p + 1]) != 0 or mp[r - 2, p] > 1 or oth[i, p - 2] > 1:
+                        break
+                    n += 1
+                run, rng, code, apos = _dec_sym(cdf, cnt, rbase + n - 1, fs, mant, ac, nac, rng, code, apos)
+                if run > n:
+                    bad = True
+                    break
+                for t in range(j, j + run):
+                    band[i, t] = _med(band, i, t) if predict else 0
+                j += run
+                if run == n:
+                    continue
+                k2 = j + 2
+                ctx = RUNI_BASE + group
+                k = 0
+            else:
+                ctx = gbase + ql * NQP + qp
+                k = max(0, (ql - SHIFT_BASE) >> 1)
+            s, rng, code, apos = _dec_sym(cdf, cnt, ctx, fs, mant, ac, nac, rng, code, apos)
             q = s
             if s == ESC:
                 # unary extension: ones until a zero
@@ -386,31 +432,8 @@ def decode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, band, mp, oth, group, predict
             if mant and nr > 0:
                 w = min(nr, MANT_BITS)
                 nr -= w
-                ctx = ((group * MANT_Q + min(q, MANT_Q - 1)) * MANT_K + min(k, MANT_K - 1))
-                rr = rng >> CDF_BITS
-                s = 0
-                for t in range(1, NSYM):
-                    s += code >= rr * (((np.int64(mcdf[ctx, t]) + mcdf[ctx, t + fs]) >> 1) + t)
-                lo = rr * (((np.int64(mcdf[ctx, s]) + mcdf[ctx, s + fs]) >> 1) + s)
-                code -= lo
-                rng = rr * (((np.int64(mcdf[ctx, s + 1]) + mcdf[ctx, s + 1 + fs]) >> 1) + s + 1) - lo
-                n = mcnt[ctx]
-                rate = 4 + (n >= C1) + (n >= C2) + (n >= C3) + (n >= C4)
-                mcnt[ctx] = n + (1 if n < C4 else 0)
-                for t in range(1, NSYM):
-                    tgt = CDF_MAX if t > s else 0
-                    mcdf[ctx, t] += (tgt - mcdf[ctx, t]) >> rate
-                if mant:
-                    for t in range(D + 1, D + NSYM):
-                        tgt = CDF_MAX if t > s + D else 0
-                        mcdf[ctx, t] += (tgt - mcdf[ctx, t]) >> FAST_RATE
-                while rng < 16777216:
-                    rng <<= 8
-                    b = 0
-                    if apos < nac:
-                        b = ac[apos]
-                    apos += 1
-                    code = ((code << 8) | b) & 0xFFFFFFFF
+                ctx = (group * MANT_Q + min(q, MANT_Q - 1)) * MANT_K + min(k, MANT_K - 1)
+                s, rng, code, apos = _dec_sym(mcdf, mcnt, ctx, fs, mant, ac, nac, rng, code, apos)
                 mag |= np.int64(s & ((1 << w) - 1)) << nr
             if nr > 0:
                 while rbits < nr:

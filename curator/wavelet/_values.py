@@ -1,5 +1,5 @@
 """Value tables: a plane whose values use only part of their range is coded
-as the indices of its distinct values (docs/wavelet-format.md 3.6).
+as the indices of its distinct values (docs/wavelet-format.md 3.7).
 
 Synthetic patterns, CTs with a padding value far below the body and
 rescaled data use a few hundred of 4096 possible values: the wavelet then
