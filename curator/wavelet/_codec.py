@@ -81,13 +81,13 @@ def _encode_chunk(items, tables: bytes = b"") -> bytes:
     mant = gain > MANTISSA_MODE_GAIN
     while True:
         st = ent.new_encoder()
-        cdf, cnt, mcdf, mcnt = ent.new_tables()
+        model = ent.new_tables()
         ac = np.empty(size, np.uint8)
         raw = np.empty(4 * n + 16, np.uint8)
         overflow = False
         for band, group, predict, oth in items:
             mp = np.zeros((band.shape[0] + 2, band.shape[1] + 3), np.int32)
-            if ent.encode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, band, mp, oth, group, predict, mant):
+            if ent.encode_band(st, ac, raw, *model, band, mp, oth, group, predict, mant):
                 overflow = True
                 break
         if not overflow:

@@ -7,7 +7,10 @@ the same band) picks a shift ``k``; the symbol is the half-octave class of
 ``|v| >> k`` (0, 1, then two classes per octave: the leading one and the
 bit below it; with ``k > 0`` class 0 is the zero alone), 15 escaping to a
 raw unary extension; the bits of ``|v|`` below what the class says go to a
-separate raw bit stream with the sign. The frequency table is chosen by the
+separate raw bit stream. The sign of a detail coefficient is a binary
+decision of the range coder in the context of the signs of its west and
+north neighbours (edges give runs of equal and alternating signs); in the
+LL band it is a raw bit. The frequency table is chosen by the
 local activity, the parent in the coarser level and the co-located
 coefficients of the bands of the same level coded before.
 
@@ -51,6 +54,9 @@ RUN_MAX = 15  # run mode: a run symbol covers at most this many quiet positions
 RUN_BASE = NCTX  # run tables: (group, quiet positions ahead - 1)
 RUNI_BASE = RUN_BASE + NGROUPS * RUN_MAX  # the class of the nonzero that ends a run, per group
 NTABLES = RUNI_BASE + NGROUPS
+NSIGN = 6 * 9  # sign tables of the detail bands: (group, sign of west, sign of north)
+BIT_MIN = 32  # a sign table holds p (0..BIT_MAX) and a count: P(positive) = (p + BIT_MIN) / 2**15
+BIT_MAX = (1 << CDF_BITS) - 2 * BIT_MIN
 GROUP_LL = 6
 SHIFT_BASE = 13  # k = max(0, (ql - SHIFT_BASE) >> 1)
 MAX_MAG = (1 << 26) - 1  # decoded magnitudes beyond this are corrupt
@@ -71,12 +77,14 @@ _CDF_INIT = np.tile(np.arange(NSYM + 1) * (CDF_MAX // NSYM), 2).astype(np.int32)
 
 def new_tables() -> tuple[np.ndarray, ...]:
     """Fresh model: (class tables, their counts, mantissa tables, their
-    counts)."""
+    counts, sign tables)."""
     cdf = np.empty((NTABLES, 2 * D), np.int32)
     cdf[:] = _CDF_INIT
     mcdf = np.empty((NMCTX, 2 * D), np.int32)
     mcdf[:] = _CDF_INIT
-    return cdf, np.zeros(NTABLES, np.int32), mcdf, np.zeros(NMCTX, np.int32)
+    sgn = np.zeros((NSIGN, 2), np.int32)
+    sgn[:, 0] = BIT_MAX // 2
+    return cdf, np.zeros(NTABLES, np.int32), mcdf, np.zeros(NMCTX, np.int32), sgn
 
 
 def new_encoder() -> np.ndarray:
@@ -177,6 +185,77 @@ def _dec_sym(cdf, cnt, ctx, fs, mant, ac, nac, rng, code, apos):
 
 
 @nb.njit(inline="always")
+def _enc_bit(sgn, ctx, bit, ac, low, rng, cache, csize, apos):
+    """Code a binary decision with sign table ``ctx`` (branch-free: signs
+    are close to random, a mispredicted branch costs more than the
+    arithmetic)."""
+    bound = (rng >> CDF_BITS) * (np.int64(sgn[ctx, 0]) + BIT_MIN)
+    m = -np.int64(bit)
+    low += bound & m
+    rng = bound + ((rng - 2 * bound) & m)
+    _adapt_bit(sgn, ctx, m)
+    while rng < 16777216:
+        rng <<= 8
+        if low < 0xFF000000 or low > 0xFFFFFFFF:
+            carry = low >> 32
+            temp = cache
+            while True:
+                ac[apos] = (temp + carry) & 0xFF
+                apos += 1
+                temp = 0xFF
+                csize -= 1
+                if csize == 0:
+                    break
+            cache = (low >> 24) & 0xFF
+        csize += 1
+        low = (low & 0x00FFFFFF) << 8
+    return low, rng, cache, csize, apos
+
+
+@nb.njit(inline="always")
+def _dec_bit(sgn, ctx, ac, nac, rng, code, apos):
+    bound = (rng >> CDF_BITS) * (np.int64(sgn[ctx, 0]) + BIT_MIN)
+    bit = np.int64(code >= bound)
+    m = -bit
+    code -= bound & m
+    rng = bound + ((rng - 2 * bound) & m)
+    _adapt_bit(sgn, ctx, m)
+    while rng < 16777216:
+        rng <<= 8
+        b = 0
+        if apos < nac:
+            b = ac[apos]
+        apos += 1
+        code = ((code << 8) | b) & 0xFFFFFFFF
+    return bit, rng, code, apos
+
+
+@nb.njit(inline="always")
+def _adapt_bit(sgn, ctx, m):
+    """``m``: 0 after a 0, -1 after a 1."""
+    n = sgn[ctx, 1]
+    rate = 4 + (n >= C1) + (n >= C2) + (n >= C3) + (n >= C4)
+    sgn[ctx, 1] = n + (1 if n < C4 else 0)
+    tgt = BIT_MAX & ~m
+    sgn[ctx, 0] += (tgt - sgn[ctx, 0]) >> rate
+
+
+@nb.njit(inline="always")
+def _sgn(x):
+    x = np.int64(x)
+    return (x >> 63) | (((-x) >> 63) & 1)
+
+
+@nb.njit(inline="always")
+def _sign_ctx(band, i, j, group):
+    """Sign table of a detail coefficient: its group and the signs of its
+    west and north neighbours (decoded values), without branches."""
+    w = _sgn(band[i, j - 1]) if j > 0 else 0
+    n = _sgn(band[i - 1, j]) if i > 0 else 0
+    return group * 9 + (w + 1) * 3 + n + 1
+
+
+@nb.njit(inline="always")
 def _adapt(cdf, cnt, ctx, s, mant):
     n = cnt[ctx]
     rate = 4 + (n >= C1) + (n >= C2) + (n >= C3) + (n >= C4)
@@ -191,7 +270,7 @@ def _adapt(cdf, cnt, ctx, s, mant):
 
 
 @nb.njit(cache=True, nogil=True, boundscheck=False)
-def encode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, band, mp, oth, group, predict, mant):
+def encode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict, mant):
     """Code one band; return True if ``ac`` is too small (nothing usable
     was written then). ``mp`` (rows+2, cols+3, zero) receives the coded
     magnitudes; ``oth`` is the parent/cross activity (band shape);
@@ -291,8 +370,13 @@ def encode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, band, mp, oth, group, predict
                 )
             val = mag & ((np.int64(1) << nr) - 1)
             if mag != 0:
-                val = (val << 1) | (1 if v < 0 else 0)
-                nr += 1
+                if predict:
+                    val = (val << 1) | (1 if v < 0 else 0)
+                    nr += 1
+                else:
+                    low, rng, cache, csize, apos = _enc_bit(
+                        sgn, _sign_ctx(band, i, j, group), v < 0, ac, low, rng, cache, csize, apos
+                    )
             racc = (racc << nr) | val
             rbits += nr
             while rbits >= 8:
@@ -343,7 +427,7 @@ def finish(st, ac, raw):
 
 
 @nb.njit(cache=True, nogil=True, boundscheck=False)
-def decode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, band, mp, oth, group, predict, mant):
+def decode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict, mant):
     """Inverse of :func:`encode_band`: fill ``band`` and ``mp``. Return
     True if a stream was read past its end or a value is out of range
     (corrupt or truncated data)."""
@@ -448,17 +532,22 @@ def decode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, band, mp, oth, group, predict
                 racc &= (np.int64(1) << rbits) - 1
             v = mag
             if mag != 0:
-                if rbits == 0:
-                    b = 0
-                    if rpos < nraw:
-                        b = raw[rpos]
-                    rpos += 1
-                    racc = b
-                    rbits = 8
-                rbits -= 1
-                if (racc >> rbits) & 1:
-                    v = -mag
-                racc &= (np.int64(1) << rbits) - 1
+                if predict:
+                    if rbits == 0:
+                        b = 0
+                        if rpos < nraw:
+                            b = raw[rpos]
+                        rpos += 1
+                        racc = b
+                        rbits = 8
+                    rbits -= 1
+                    if (racc >> rbits) & 1:
+                        v = -mag
+                    racc &= (np.int64(1) << rbits) - 1
+                else:
+                    neg, rng, code, apos = _dec_bit(sgn, _sign_ctx(band, i, j, group), ac, nac, rng, code, apos)
+                    if neg:
+                        v = -mag
                 if mag > MAX_MAG:
                     bad = True
                     mag = MAX_MAG
