@@ -78,7 +78,7 @@ def _encode_chunk(items, tables: bytes = b"") -> bytes:
     width = max((b.shape[1] for b, *_ in items), default=0)
     size = 2 * n + 40 * width + 1024
     gain = _mantissa_gain(items)
-    mant = gain > MANTISSA_MODE_GAIN
+    mant = bool(gain > MANTISSA_MODE_GAIN)
     while True:
         st = ent.new_encoder()
         model = ent.new_tables()

@@ -269,8 +269,8 @@ def _adapt(cdf, cnt, ctx, s, mant):
             cdf[ctx, t] += (tgt - cdf[ctx, t]) >> FAST_RATE
 
 
-@nb.njit(cache=True, nogil=True, boundscheck=False)
-def encode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict, mant):
+@nb.njit(inline="always")
+def _encode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict, mant):
     """Code one band; return True if ``ac`` is too small (nothing usable
     was written then). ``mp`` (rows+2, cols+3, zero) receives the coded
     magnitudes; ``oth`` is the parent/cross activity (band shape);
@@ -426,8 +426,8 @@ def finish(st, ac, raw):
     return apos, rpos
 
 
-@nb.njit(cache=True, nogil=True, boundscheck=False)
-def decode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict, mant):
+@nb.njit(inline="always")
+def _decode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict, mant):
     """Inverse of :func:`encode_band`: fill ``band`` and ``mp``. Return
     True if a stream was read past its end or a value is out of range
     (corrupt or truncated data)."""
@@ -569,6 +569,46 @@ def decode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, pr
     st[_RBITS] = rbits
     st[_RPOS] = rpos
     return bad or apos > nac + 4 or rpos > nraw
+
+
+# The band coders are compiled twice, with mantissa mode a constant, so
+# that the common case does not pay for the fast estimates.
+
+
+@nb.njit(cache=True, nogil=True, boundscheck=False)
+def _encode_plain(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict):
+    return _encode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict, False)
+
+
+@nb.njit(cache=True, nogil=True, boundscheck=False)
+def _encode_mant(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict):
+    return _encode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict, True)
+
+
+@nb.njit(cache=True, nogil=True, boundscheck=False)
+def _decode_plain(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict):
+    return _decode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict, False)
+
+
+@nb.njit(cache=True, nogil=True, boundscheck=False)
+def _decode_mant(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict):
+    return _decode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict, True)
+
+
+def encode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict, mant):
+    """Code one band; return True if ``ac`` is too small (nothing usable
+    was written then). ``mp`` (rows+2, cols+3, zero) receives the coded
+    magnitudes; ``oth`` is the parent/cross activity (band shape);
+    ``predict`` codes the MED prediction residual (LL band); ``mant``:
+    mantissa mode."""
+    return (_encode_mant if mant else _encode_plain)(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict)
+
+
+def decode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict, mant):
+    """Inverse of :func:`encode_band`: fill ``band`` and ``mp``. Return
+    True if a stream was read past its end or a value is out of range
+    (corrupt or truncated data)."""
+    return (_decode_mant if mant else _decode_plain)(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict)
 
 
 @nb.njit(cache=True, nogil=True, boundscheck=False)
