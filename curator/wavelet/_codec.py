@@ -46,25 +46,14 @@ def _mantissa_gain(items) -> float:
     """Estimated share of the mantissa bits that mantissa mode would save:
     1 - H(top mantissa bits | band, class) / their count, from a zero-order
     histogram of every fourth row of the detail bands."""
-    hist = []
+    hist = np.zeros(3 * 64 * 16, np.int64)
+    bits = 0
     for band, group, predict, _ in items:
-        if predict:
-            continue
-        m = np.abs(band[::4]).ravel()
-        m = m[m >= 4].astype(np.int64)
-        if not m.size:
-            continue
-        b = np.frexp(m.astype(np.float64))[1].astype(np.int64)  # bit length
-        nm = b - 2
-        w = np.minimum(nm, ent.MANT_BITS)
-        q = 2 * b - 2 + ((m >> nm) & 1)
-        top = (m >> (nm - w)) & ((1 << w) - 1)
-        idx = ((group % 3) * 64 + np.minimum(q, 63)) * 16 + top
-        hist.append((np.bincount(idx, minlength=3 * 64 * 16), int(w.sum())))
-    bits = sum(n for _, n in hist)
+        if not predict:
+            bits += ent.mantissa_histogram(band, group % 3, hist)
     if bits == 0:
         return 0.0
-    joint = sum(h for h, _ in hist).reshape(-1, 16).astype(np.float64)
+    joint = hist.reshape(-1, 16).astype(np.float64)
     rows = joint.sum(1, keepdims=True)
     nz = joint > 0
     h = -(joint[nz] * np.log2((joint / np.maximum(rows, 1))[nz])).sum()

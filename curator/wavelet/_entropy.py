@@ -612,6 +612,29 @@ def decode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, pr
 
 
 @nb.njit(cache=True, nogil=True, boundscheck=False)
+def mantissa_histogram(band, orient, hist):
+    """Count, for every fourth row of a detail band, the top mantissa bits
+    (at most 4 below the leading two) of each |v| >= 4 by (orientation,
+    class); return the number of those bits."""
+    bits = 0
+    for i in range(0, band.shape[0], 4):
+        for j in range(band.shape[1]):
+            m = np.int64(band[i, j])
+            if m < 0:
+                m = -m
+            if m < 4:
+                continue
+            b = _bitlen(m)
+            nm = b - 2
+            w = min(nm, MANT_BITS)
+            q = 2 * b - 2 + ((m >> nm) & 1)
+            top = (m >> (nm - w)) & ((1 << w) - 1)
+            hist[((orient * 64 + min(q, 63)) * 16) + top] += 1
+            bits += w
+    return bits
+
+
+@nb.njit(cache=True, nogil=True, boundscheck=False)
 def other_activity(oth, parent, cross1, cross2, ncross):
     """Fill ``oth`` (a band's shape) with 2 * parent(min(i >> 1, pr - 1),
     min(j >> 1, pc - 1)) (nothing for an empty parent) plus the co-located

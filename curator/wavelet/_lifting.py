@@ -86,9 +86,9 @@ def forward_level(x: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarr
 
     HL is low-pass vertically, high-pass horizontally; LH the converse.
     """
-    lo, hi = _split(x, 0)
-    ll, hl = _split(lo, 1)
-    lh, hh = _split(hi, 1)
+    lo, hi = _split_fast(x, 0)
+    ll, hl = _split_fast(lo, 1)
+    lh, hh = _split_fast(hi, 1)
     return ll, (hl, lh, hh)
 
 
@@ -166,7 +166,52 @@ def lowpass(planes: np.ndarray, level: int, rct: bool) -> np.ndarray:
     return rct_inverse(out) if rct else out
 
 
-# ---------------------------------------------------------------- numba inverse
+# ---------------------------------------------------------------- numba
+
+
+@nb.njit(cache=True, nogil=True, boundscheck=False)
+def _split_rows(x, lo, hi):
+    """:func:`_split` along axis 1 into ``lo``, ``hi``; at least 2 columns."""
+    rows, n = x.shape
+    ne = lo.shape[1]
+    no = hi.shape[1]
+    for r in range(rows):
+        for i in range(no):
+            right = x[r, 2 * i + 2] if 2 * i + 2 < n else x[r, 2 * i]  # x[n] = x[n-2]
+            hi[r, i] = x[r, 2 * i + 1] - ((x[r, 2 * i] + right) >> 1)
+        for i in range(ne):
+            dl = hi[r, i - 1] if i > 0 else hi[r, 0]
+            dr = hi[r, i] if i < no else hi[r, no - 1]
+            lo[r, i] = x[r, 2 * i] + ((dl + dr + 2) >> 2)
+
+
+@nb.njit(cache=True, nogil=True, boundscheck=False)
+def _split_cols(x, lo, hi):
+    """:func:`_split` along axis 0 into ``lo``, ``hi``; at least 2 rows."""
+    n, cols = x.shape
+    ne = lo.shape[0]
+    no = hi.shape[0]
+    for i in range(no):
+        ir = 2 * i + 2 if 2 * i + 2 < n else 2 * i
+        for c in range(cols):
+            hi[i, c] = x[2 * i + 1, c] - ((x[2 * i, c] + x[ir, c]) >> 1)
+    for i in range(ne):
+        il = i - 1 if i > 0 else 0
+        ir = i if i < no else no - 1
+        for c in range(cols):
+            lo[i, c] = x[2 * i, c] + ((hi[il, c] + hi[ir, c] + 2) >> 2)
+
+
+def _split_fast(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    n = x.shape[axis]
+    if n < 2 or x.size == 0:
+        return _split(x, axis)
+    x = np.ascontiguousarray(x, dtype=np.int32)
+    lo_shape, hi_shape = list(x.shape), list(x.shape)
+    lo_shape[axis], hi_shape[axis] = (n + 1) // 2, n // 2
+    lo, hi = np.empty(lo_shape, np.int32), np.empty(hi_shape, np.int32)
+    (_split_rows if axis == 1 else _split_cols)(x, lo, hi)
+    return lo, hi
 
 
 @nb.njit(cache=True, nogil=True, boundscheck=False)
