@@ -8,8 +8,8 @@ the same band) picks a shift ``k``; the symbol is the half-octave class of
 bit below it; with ``k > 0`` class 0 is the zero alone), 15 escaping to a
 raw unary extension; the bits of ``|v|`` below what the class says go to a
 separate raw bit stream. The sign of a detail coefficient is a binary
-decision of the range coder in the context of the signs of its west and
-north neighbours (edges give runs of equal and alternating signs); in the
+decision of the range coder in the context of the signs of its west,
+north and north-west neighbours (edges give runs of equal and alternating signs); in the
 LL band it is a raw bit. The frequency table is chosen by the
 local activity, the parent in the coarser level and the co-located
 coefficients of the bands of the same level coded before.
@@ -54,7 +54,7 @@ RUN_MAX = 15  # run mode: a run symbol covers at most this many quiet positions
 RUN_BASE = NCTX  # run tables: (group, quiet positions ahead - 1)
 RUNI_BASE = RUN_BASE + NGROUPS * RUN_MAX  # the class of the nonzero that ends a run, per group
 NTABLES = RUNI_BASE + NGROUPS
-NSIGN = 6 * 9  # sign tables of the detail bands: (group, sign of west, sign of north)
+NSIGN = 6 * 27  # sign tables of the detail bands: (group, signs of west, north, north-west)
 BIT_MIN = 32  # a sign table holds p (0..BIT_MAX) and a count: P(positive) = (p + BIT_MIN) / 2**15
 BIT_MAX = (1 << CDF_BITS) - 2 * BIT_MIN
 GROUP_LL = 6
@@ -249,10 +249,11 @@ def _sgn(x):
 @nb.njit(inline="always")
 def _sign_ctx(band, i, j, group):
     """Sign table of a detail coefficient: its group and the signs of its
-    west and north neighbours (decoded values), without branches."""
+    west, north and north-west neighbours (decoded values), without branches."""
     w = _sgn(band[i, j - 1]) if j > 0 else 0
     n = _sgn(band[i - 1, j]) if i > 0 else 0
-    return group * 9 + (w + 1) * 3 + n + 1
+    d = _sgn(band[i - 1, j - 1]) if i > 0 and j > 0 else 0
+    return ((group * 3 + w + 1) * 3 + n + 1) * 3 + d + 1
 
 
 @nb.njit(inline="always")
