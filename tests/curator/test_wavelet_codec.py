@@ -295,6 +295,25 @@ def test_damaged_chunk_body_never_hangs(ct):
         assert out.shape == ct.shape
 
 
+def test_damaged_runs_signs_and_tables_never_hang():
+    """The same for a synthetic pattern, whose chunks use value tables,
+    zero runs, context-coded signs and mantissa mode."""
+    arr = _sparse(160, 200)
+    data = wavelet.encode(arr, bits_stored=12)
+    hdr = wavelet.info(data)
+    rng = np.random.default_rng(4)
+    for trial in range(30):
+        chunk = hdr.chunks[trial % len(hdr.chunks)]
+        body = bytearray(data[chunk.offset : chunk.end])
+        for pos in rng.integers(1, len(body), 6):
+            body[pos] = int(rng.integers(0, 256))
+        try:
+            out = wavelet.decode(_with_chunk(data, chunk, bytes(body)))
+        except wavelet.WaveletError:
+            continue
+        assert out.shape == arr.shape
+
+
 def _psnr(a, b, peak):
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return 10 * np.log10(peak**2 / mse) if mse else np.inf
