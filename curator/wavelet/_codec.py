@@ -70,7 +70,7 @@ def _encode_chunk(items, tables: bytes = b"") -> bytes:
     mant = bool(gain > MANTISSA_MODE_GAIN)
     while True:
         st = ent.new_encoder()
-        model = ent.new_tables()
+        model = ent.new_tables(mant)
         ac = np.empty(size, np.uint8)
         raw = np.empty(4 * n + 16, np.uint8)
         overflow = False
@@ -112,7 +112,7 @@ class _ChunkDecoder:
         self.ac = buf[pos : pos + na]
         self.raw = buf[pos + na :]
         self.st = ent.new_decoder(self.ac)
-        self.model = ent.new_tables()
+        self.model = ent.new_tables(self.mant)
         self.where = where
 
     def band(self, shape, group, predict, oth) -> tuple[np.ndarray, np.ndarray]:

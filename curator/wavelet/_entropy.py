@@ -75,13 +75,15 @@ STATE_SIZE = 9
 _CDF_INIT = np.tile(np.arange(NSYM + 1) * (CDF_MAX // NSYM), 2).astype(np.int32)
 
 
-def new_tables() -> tuple[np.ndarray, ...]:
+def new_tables(mant: bool) -> tuple[np.ndarray, ...]:
     """Fresh model: (class tables, their counts, mantissa tables, their
-    counts, sign tables)."""
-    cdf = np.empty((NTABLES, 2 * D), np.int32)
-    cdf[:] = _CDF_INIT
-    mcdf = np.empty((NMCTX, 2 * D), np.int32)
-    mcdf[:] = _CDF_INIT
+    counts, sign tables). Without mantissa mode the coders read neither
+    the fast estimates nor the mantissa tables: they are not allocated."""
+    width = 2 * D if mant else D
+    cdf = np.empty((NTABLES, width), np.int32)
+    cdf[:] = _CDF_INIT[:width]
+    mcdf = np.empty((NMCTX if mant else 1, width), np.int32)
+    mcdf[:] = _CDF_INIT[:width]
     sgn = np.zeros((NSIGN, 2), np.int32)
     sgn[:, 0] = BIT_MAX // 2
     return cdf, np.zeros(NTABLES, np.int32), mcdf, np.zeros(NMCTX, np.int32), sgn
