@@ -642,16 +642,21 @@ def other_activity(oth, parent, cross1, cross2, ncross):
     """Fill ``oth`` (a band's shape) with 2 * parent(min(i >> 1, pr - 1),
     min(j >> 1, pc - 1)) (nothing for an empty parent) plus the co-located
     magnitudes of the first ``ncross`` of ``cross1``, ``cross2`` where they
-    cover (i, j)."""
+    cover (i, j). Row by row, with the covered spans worked out first so
+    that the inner loops have no tests."""
     rows, cols = oth.shape
     pr, pc = parent.shape
     for i in range(rows):
-        for j in range(cols):
-            a = 0
-            if pr > 0 and pc > 0:
-                a = 2 * parent[min(i >> 1, pr - 1), min(j >> 1, pc - 1)]
-            if ncross > 0 and i < cross1.shape[0] and j < cross1.shape[1]:
-                a += cross1[i, j]
-            if ncross > 1 and i < cross2.shape[0] and j < cross2.shape[1]:
-                a += cross2[i, j]
-            oth[i, j] = a
+        if pr > 0 and pc > 0:
+            pi = min(i >> 1, pr - 1)
+            for j in range(cols):
+                oth[i, j] = 2 * parent[pi, min(j >> 1, pc - 1)]
+        else:
+            for j in range(cols):
+                oth[i, j] = 0
+        if ncross > 0 and i < cross1.shape[0]:
+            for j in range(min(cols, cross1.shape[1])):
+                oth[i, j] += cross1[i, j]
+        if ncross > 1 and i < cross2.shape[0]:
+            for j in range(min(cols, cross2.shape[1])):
+                oth[i, j] += cross2[i, j]
