@@ -36,7 +36,7 @@ def one_line(text: str) -> str:
 
 def test_status_json(c: Cluster) -> None:
     status = c.status()
-    assert set(status["services"]) == {"gateway", "archive", "dbserver"}
+    assert set(status["services"]) == {"gateway", "archive", "dbserver", "curator"}
     for name, info in status["services"].items():
         assert info["up"] is True, name
         pids = [p["pid"] for p in info["processes"]]
