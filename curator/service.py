@@ -3,7 +3,13 @@ sweeper that finds web-cache work in the database (:mod:`curator.sweeper`)."""
 
 from __future__ import annotations
 
-from curator import tasks
+import logging
+import threading
+import time
+
+import numpy as np
+
+from curator import tasks, wavelet
 from curator.sweeper import sweep
 from services.heartbeat import start_heartbeat
 from services.settings import Settings
@@ -11,8 +17,21 @@ from services.tasks import Q_CURATOR
 from services.worker import run_worker, ticker
 
 
+LOG = logging.getLogger(__name__)
+
+
+def warm_up() -> None:
+    """Compile the wavelet coder now (numba; cached on disk after the first
+    time) rather than on the first image."""
+    start = time.monotonic()
+    sample = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 4096
+    wavelet.decode(wavelet.encode(sample, bits_stored=12))
+    LOG.info("wavelet coder ready in %.1f s", time.monotonic() - start)
+
+
 def serve(settings: Settings) -> None:
     settings.webcache_path.mkdir(parents=True, exist_ok=True)
+    threading.Thread(target=warm_up, name="wavelet-warm-up", daemon=True).start()
     start_heartbeat(settings, "curator", {"webcache": str(settings.webcache_path)})
     ticker("curator-sweep", settings.curator_sweep_seconds, lambda: sweep(settings))
     run_worker(settings, "curator", [Q_CURATOR], [tasks.register])
