@@ -60,6 +60,20 @@ def test_same_patient_id_in_two_domains_is_two_patients(ris_cluster: Cluster) ->
     assert found[("P7", "CITY")]["patient_name"] == "GAMMA^GUS"
 
 
+def test_a_domain_gives_its_facility_an_assigning_authority(ris_cluster: Cluster) -> None:
+    ris_cluster.pacs("ris", "domain", "add", "CITY_MRN", "--facility", "HOSP_C")
+    assert ack_code(send(ris_cluster, adt("A04", "DOM-C1", "P8", "CITY^CARA", facility="HOSP_C"))) == "AA"
+    assert ack_code(send(ris_cluster, adt("A04", "DOM-C2", "P8", "OTHER^OLE", facility="HOSP_D"))) == "AA"
+    found = patients(ris_cluster)
+    assert found[("P8", "CITY_MRN")]["patient_name"] == "CITY^CARA"
+    assert found[("P8", "HOSP_D")]["patient_name"] == "OTHER^OLE"
+    assert ("P8", "HOSP_C") not in found
+    taken = ris_cluster.pacs("ris", "domain", "add", "OTHER", "--facility", "HOSP_C", check=False)
+    assert taken.returncode == 2 and "another domain" in taken.stderr
+    domains = {d["issuer"]: d for d in ris_cluster.pacs_json("ris", "domain", "list")}
+    assert domains["CITY_MRN"]["sending_facility"] == "HOSP_C"
+
+
 def test_orders_new_change_cancel_and_worklist(ris_cluster: Cluster) -> None:
     assert ack_code(send(ris_cluster, orm("ORM-1", "NW", "A100"))) == "AA"
     assert ack_code(send(ris_cluster, orm("ORM-2", "NW", "A101", modality="MR", station="MR01"))) == "AA"
