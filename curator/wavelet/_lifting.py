@@ -17,6 +17,29 @@ import numpy as np
 HL, LH, HH = 0, 1, 2
 
 
+def _update(d: np.ndarray, ne: int, axis: int) -> np.ndarray:
+    """The update term floor((d[i-1] + d[i] + 2) / 4) for the ``ne`` low-pass
+    positions along ``axis``, with d[-1] = d[0] and d[no] = d[no-1]."""
+    no = d.shape[axis]
+    sl = [slice(None)] * d.ndim
+
+    def at(sx: slice) -> tuple:
+        sl[axis] = sx
+        return tuple(sl)
+
+    shape = list(d.shape)
+    shape[axis] = ne
+    acc = np.empty(shape, dtype=np.int32)
+    acc[at(slice(1, ne))] = d[at(slice(0, ne - 1))]
+    acc[at(slice(0, 1))] = d[at(slice(0, 1))]
+    acc[at(slice(0, no))] += d
+    if ne > no:
+        acc[at(slice(no, ne))] += d[at(slice(no - 1, no))]
+    acc += 2
+    acc >>= 2
+    return acc
+
+
 def _split(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """Forward 1-D 5/3 lifting along ``axis``: return (low, high)."""
     n = x.shape[axis]
@@ -36,17 +59,8 @@ def _split(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     if ne == no:
         right = np.concatenate([right, even[at(slice(no - 1, no))]], axis=axis)
     d = odd - ((even[at(slice(0, no))] + right) >> 1)
-    # s[i] = x[2i] + floor((d[i-1] + d[i] + 2) / 4), d[-1] = d[0], d[no] = d[no-1]
-    acc = np.empty(even.shape, dtype=np.int32)
-    acc[at(slice(1, ne))] = d[at(slice(0, ne - 1))]
-    acc[at(slice(0, 1))] = d[at(slice(0, 1))]
-    acc[at(slice(0, no))] += d
-    if ne > no:
-        acc[at(slice(no, ne))] += d[at(slice(no - 1, no))]
-    acc += 2
-    acc >>= 2
-    acc += even
-    return acc, d
+    # s[i] = x[2i] + floor((d[i-1] + d[i] + 2) / 4)
+    return even + _update(d, ne, axis), d
 
 
 def _merge(s: np.ndarray, d: np.ndarray, axis: int) -> np.ndarray:
@@ -60,15 +74,7 @@ def _merge(s: np.ndarray, d: np.ndarray, axis: int) -> np.ndarray:
         sl[axis] = sx
         return tuple(sl)
 
-    acc = np.empty(s.shape, dtype=np.int32)
-    acc[at(slice(1, ne))] = d[at(slice(0, ne - 1))]
-    acc[at(slice(0, 1))] = d[at(slice(0, 1))]
-    acc[at(slice(0, no))] += d
-    if ne > no:
-        acc[at(slice(no, ne))] += d[at(slice(no - 1, no))]
-    acc += 2
-    acc >>= 2
-    even = s - acc
+    even = s - _update(d, ne, axis)
     right = even[at(slice(1, no + 1))]
     if ne == no:
         right = np.concatenate([right, even[at(slice(no - 1, no))]], axis=axis)
