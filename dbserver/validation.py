@@ -141,6 +141,15 @@ def validate_studies(session: Session, study_ids: set[int], settings: Settings, 
     return outcomes
 
 
+def revalidate_accession(session: Session, accession: str, settings: Settings) -> dict[str, str]:
+    """Validate again the studies of ``accession`` still waiting for an
+    order (``unverified``, ``pending``): an order that arrives after its
+    images."""
+    ids = set(session.scalars(select(Study.id).where(Study.accession_number == accession,
+                                                     Study.validation_status.in_((UNVERIFIED, PENDING)))))
+    return validate_studies(session, ids, settings, ask_ris=False) if ids else {}
+
+
 def decide(session: Session, study_uid: str, decision: str, actor: str, reason: str,
            accession: str | None = None) -> dict[str, Any]:
     """An administrator's decision on a quarantined study: ``reconcile``

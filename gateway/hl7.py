@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from dbserver.models import Hl7Message, Order, RisDomain, utcnow
 from dbserver.patients import PatientIdentityError, change_patient_id, merge_patients
+from dbserver.validation import revalidate_accession
 from dbserver.worklist import CANCELLED, COMPLETED, SCHEDULED, OrderFields, save_order, save_patient
 from services.db import run_in_transaction
 from services.mllp import FrameReader, FrameTooLarge, escape, frame
@@ -138,7 +139,7 @@ def domain_issuer(session: Session, facility: str) -> str:
 
 
 # --- what each message does -----------------------------------------------------------
-def apply_adt(session: Session, msg: hl7.Message, issuer: str) -> str:
+def apply_adt(session: Session, msg: hl7.Message, issuer: str, settings: Settings) -> str:
     fields = _patient_fields(msg, issuer)
     save_patient(session, **fields)
     return f"patient {fields['patient_id']} ({fields['issuer_of_patient_id']})"
@@ -151,7 +152,7 @@ def _prior(msg: hl7.Message, issuer: str) -> tuple[str, str]:
     return prior_id, _field(msg, "MRG", 1, 4) or issuer
 
 
-def apply_merge(session: Session, msg: hl7.Message, issuer: str) -> str:
+def apply_merge(session: Session, msg: hl7.Message, issuer: str, settings: Settings) -> str:
     """ADT^A40: the patient of MRG-1 merges into the patient of PID-3."""
     fields = _patient_fields(msg, issuer)
     prior_id, prior_issuer = _prior(msg, issuer)
@@ -163,7 +164,7 @@ def apply_merge(session: Session, msg: hl7.Message, issuer: str) -> str:
     return f"patient {prior_id} merged into {fields['patient_id']}, {moved} studies moved"
 
 
-def apply_change_id(session: Session, msg: hl7.Message, issuer: str) -> str:
+def apply_change_id(session: Session, msg: hl7.Message, issuer: str, settings: Settings) -> str:
     """ADT^A47: the patient of MRG-1 is known as PID-3 from now on."""
     fields = _patient_fields(msg, issuer)
     prior_id, prior_issuer = _prior(msg, issuer)
@@ -180,7 +181,7 @@ _STATUS = {"NW": SCHEDULED, "XO": SCHEDULED, "CA": CANCELLED, "OC": CANCELLED, "
 _ORDER_STATUS = {"CM": COMPLETED, "CA": CANCELLED, "DC": CANCELLED, "IP": SCHEDULED, "SC": SCHEDULED}
 
 
-def apply_order(session: Session, msg: hl7.Message, issuer: str) -> str:
+def apply_order(session: Session, msg: hl7.Message, issuer: str, settings: Settings) -> str:
     control = _field(msg, "ORC", 1).upper()
     if control not in ("NW", "XO", "CA", "OC", "DC", "SC"):
         raise Hl7Error(f"ORC-1 order control {control!r} is not one of NW, XO, CA, SC", "ORC^1^1", "103")
@@ -221,6 +222,10 @@ def apply_order(session: Session, msg: hl7.Message, issuer: str) -> str:
         scheduled_station_name=station_name[:16], scheduled_start=start,
         referring_physician_name=_person_name(msg, "ORC", 12) or _person_name(msg, "OBR", 16),
         status=status, **patient))
+    if status == SCHEDULED:  # images that came before their order are checked now
+        late = revalidate_accession(session, accession, settings)
+        if late:
+            return f"order {accession}: {status}; studies validated: {late}"
     return f"order {accession}: {status}"
 
 
@@ -298,7 +303,7 @@ def handle(raw_bytes: bytes, settings: Settings, remote: str = "") -> str:
         parsed = msg
 
         def work(session: Session) -> str:
-            what = handler(session, parsed, domain_issuer(session, facility))
+            what = handler(session, parsed, domain_issuer(session, facility), settings)
             _log(session, raw, remote, parsed, "AA", "")
             return what
 

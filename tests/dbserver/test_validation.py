@@ -45,6 +45,13 @@ def test_verified_quarantined_and_unverified(cluster: Cluster, tmp_path: Path) -
     # stored all the same: its instance is indexed and archived
     assert cluster.status()["counts"]["instances"] == 3
 
+    # images before their order: unverified, then checked when the order arrives
+    early = send_study(cluster, tmp_path / "early", "V-4", "PV4", "EARLY^ERIN", "19850505", "F", seed=2)
+    cluster.wait_indexed(4)
+    assert {s["study_instance_uid"]: s for s in cluster.studies()}[early]["validation_status"] == "unverified"
+    order(cluster, "V-4", "PV4", "EARLY^ERIN", "19850505", "F")
+    assert {s["study_instance_uid"]: s for s in cluster.studies()}[early]["validation_status"] == "verified"
+
 
 def test_name_normalization() -> None:
     assert normalize_name("Doe^John^^") == normalize_name("DOE^JOHN")
