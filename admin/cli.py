@@ -59,7 +59,7 @@ def up() -> None:
               f"({settings.gateway_processes} listener processes), HL7 MLLP on port {settings.hl7_port}")
     out.print(f"  archive    {settings.effective_archive_url} (cache tier {settings.cache_path})")
     out.print("  dbserver   worker on queue db")
-    out.print(f"  curator    worker on queue curator (web cache {settings.webcache_path})")
+    out.print(f"  curator    worker on queue curator (web cache {settings.webcache_location})")
     if password:
         out.print(f"[yellow]First start: user 'admin', password {password}[/yellow] "
                   f"(also in {settings.data_path / 'initial-admin-password'})")

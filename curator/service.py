@@ -11,6 +11,7 @@ import numpy as np
 
 from curator import tasks, wavelet
 from curator.sweeper import sweep
+from curator.webcache import webcache_store
 from services.heartbeat import start_heartbeat
 from services.settings import Settings
 from services.tasks import Q_CURATOR
@@ -30,8 +31,8 @@ def warm_up() -> None:
 
 
 def serve(settings: Settings) -> None:
-    settings.webcache_path.mkdir(parents=True, exist_ok=True)
+    webcache_store(settings).check()  # a bad location stops the service at start, not at the first image
     threading.Thread(target=warm_up, name="wavelet-warm-up", daemon=True).start()
-    start_heartbeat(settings, "curator", {"webcache": str(settings.webcache_path)})
+    start_heartbeat(settings, "curator", {"webcache": settings.webcache_location})
     ticker("curator-sweep", settings.curator_sweep_seconds, lambda: sweep(settings))
     run_worker(settings, "curator", [Q_CURATOR], [tasks.register])

@@ -2,7 +2,8 @@
 wavelet files, thumbnails, per-series metadata documents.
 
 It sits behind the blob interface (:class:`services.storage.BlobStore`;
-the filesystem under ``PACS_WEBCACHE_DIR`` by default) and has its own size
+the filesystem under ``PACS_WEBCACHE_DIR`` by default, an S3-compatible
+bucket with ``PACS_WEBCACHE_URL=s3://bucket/prefix``) and has its own size
 limit, ``PACS_WEBCACHE_MAX_BYTES``: above it, the least recently used
 entries are evicted down to ``PACS_WEBCACHE_LOW_WATER`` of the limit.
 Everything in it can be rebuilt from the archive, so an evicted or broken
@@ -16,6 +17,7 @@ before they make a key).
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from datetime import datetime, timezone
 from typing import Any
 
@@ -26,7 +28,7 @@ from dbserver.models import WebcacheEntry, WebcacheSeries
 from services.db import run_in_transaction, unit_of_work
 from services.dicom import check_uid
 from services.settings import Settings
-from services.storage import BlobStore, FileSystemStore
+from services.storage import BlobStore, open_store
 
 LOG = logging.getLogger(__name__)
 
@@ -36,7 +38,16 @@ LONG_AGO = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
 
 def webcache_store(settings: Settings) -> BlobStore:
-    return FileSystemStore(settings.webcache_path, "webcache")
+    """The web cache: ``PACS_WEBCACHE_URL`` (S3-compatible) if set, else the folder."""
+    return _open_store(settings.webcache_location, settings.s3_endpoint_url,
+                       settings.s3_region, settings.s3_access_key_id, settings.s3_secret_access_key)
+
+
+@lru_cache(maxsize=4)
+def _open_store(location: str, endpoint_url: str, region: str, access_key_id: str, secret: str) -> BlobStore:
+    """One store (one S3 client and its connection pool) per location and process."""
+    return open_store(location, "webcache", endpoint_url=endpoint_url, region=region,
+                      access_key_id=access_key_id, secret_access_key=secret)
 
 
 def wavelet_key(sop_uid: str) -> str:
@@ -77,7 +88,7 @@ def usage(settings: Settings) -> dict[str, Any]:
     return {"bytes": entries + series, "instance_bytes": entries, "series_bytes": series,
             "limit_bytes": settings.webcache_max_bytes, "instances": {s: int(states.get(s, 0)) for s in
                                                                        (QUEUED, DONE, SKIPPED, FAILED, EVICTED)},
-            "series_documents": int(docs), "path": str(settings.webcache_path)}
+            "series_documents": int(docs), "path": settings.webcache_location}
 
 
 def evict(settings: Settings, target_bytes: int | None = None) -> dict[str, int]:

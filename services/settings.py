@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     spool_dir: Path | None = None  # default DATA_DIR/spool
     cache_dir: Path | None = None  # archive cache tier, default DATA_DIR/archive/cache
     webcache_dir: Path | None = None  # curator's web cache, default DATA_DIR/webcache
+    webcache_url: str = ""  # s3://bucket/prefix: the web cache in object storage instead of WEBCACHE_DIR
+
+    # --- S3-compatible object storage (any store given as s3://…) --------------
+    s3_endpoint_url: str = ""  # "" → AWS; MinIO, Ceph RGW…: their URL
+    s3_region: str = ""
+    s3_access_key_id: str = ""  # "" → boto3's chain (AWS_* variables, instance profile)
+    s3_secret_access_key: str = ""
 
     # --- DICOM -------------------------------------------------------------
     dicom_host: str = "0.0.0.0"
@@ -100,6 +107,15 @@ class Settings(BaseSettings):
             raise ValueError("an AE title is 1 to 16 printable characters, no backslash")
         return value
 
+    @field_validator("webcache_url")
+    @classmethod
+    def _check_store_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not (value.startswith("s3://") and len(value) > len("s3://")
+                          and not value[len("s3://"):].startswith("/")):
+            raise ValueError("an object store location is s3://BUCKET or s3://BUCKET/PREFIX")
+        return value
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -143,6 +159,11 @@ class Settings(BaseSettings):
     @property
     def webcache_path(self) -> Path:
         return (self.webcache_dir or self.data_path / "webcache").expanduser().resolve()
+
+    @property
+    def webcache_location(self) -> str:
+        """Where the web cache is: its s3:// URL, else its folder."""
+        return self.webcache_url or str(self.webcache_path)
 
     @property
     def archive_inbox_path(self) -> Path:

@@ -2,8 +2,10 @@
 
 Keys are opaque relative paths made by :func:`object_key` from a SHA-256, so
 no raw UID ever reaches a path. Backends: :class:`FileSystemStore` (fsync'd,
-atomic rename) and :class:`MemoryStore` for unit tests. Object stores
-(S3-compatible) fit the same interface.
+atomic rename), :class:`S3Store` (any S3-compatible object storage: AWS,
+MinIO, Ceph RGW; needs the ``s3`` extra) and :class:`MemoryStore` for unit
+tests. :func:`open_store` makes one from a location: a folder or
+``s3://bucket/prefix``.
 """
 
 from __future__ import annotations
@@ -120,6 +122,9 @@ class BlobStore(ABC):
     def verify(self, key: str, sha256: str) -> bool:
         return hashlib.sha256(self.get(key)).hexdigest() == sha256
 
+    def check(self) -> None:
+        """Raise :class:`StorageError` if the store cannot be reached."""
+
 
 class FileSystemStore(BlobStore):
     def __init__(self, root: Path, name: str = "fs") -> None:
@@ -227,3 +232,99 @@ class MemoryStore(BlobStore):
 
     def size(self, key: str) -> int:
         return len(self.get(key))
+
+
+class S3Store(BlobStore):
+    """Objects in an S3-compatible bucket, under ``prefix``.
+
+    A PUT is atomic and durable once S3 answers it, so ``put`` has the same
+    meaning as on a filesystem; ``put_file`` sends the SHA-256 with the
+    object (``x-amz-checksum-sha256``), which the server verifies.
+    Credentials and region come from the settings or boto3's usual chain
+    (environment, instance profile)."""
+
+    def __init__(self, bucket: str, prefix: str = "", name: str = "s3", *, endpoint_url: str = "",
+                 region: str = "", access_key_id: str = "", secret_access_key: str = "") -> None:
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError as exc:  # pragma: no cover - depends on the installation
+            raise StorageError("S3 storage needs boto3: pip install 'pacs-cluster[s3]'") from exc
+        self.bucket, self.name = bucket, name
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self._client = boto3.client(
+            "s3", endpoint_url=endpoint_url or None, region_name=region or None,
+            aws_access_key_id=access_key_id or None, aws_secret_access_key=secret_access_key or None,
+            config=Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10, read_timeout=60))
+        from botocore.exceptions import BotoCoreError, ClientError
+        self._errors = (BotoCoreError, ClientError)
+
+    def check(self) -> None:
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except self._errors as exc:
+            raise StorageError(f"cannot reach bucket s3://{self.bucket}: {exc}") from exc
+
+    def _key(self, key: str) -> str:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise StorageError(f"bad key {key!r}")
+        return self.prefix + key
+
+    def _call(self, what: str, key: str, method: str, **kwargs):
+        try:
+            return getattr(self._client, method)(Bucket=self.bucket, Key=self._key(key), **kwargs)
+        except self._errors as exc:
+            raise StorageError(f"cannot {what} s3://{self.bucket}/{self._key(key)}: {exc}") from exc
+
+    def put(self, key: str, data: bytes) -> None:
+        self._call("write", key, "put_object", Body=data)
+
+    def put_file(self, key: str, path: Path, sha256: str) -> None:
+        import base64
+        if sha256_file(path)[0] != sha256:
+            raise IntegrityError(f"{Path(path).name}: SHA-256 differs from announced {sha256}")
+        with open(path, "rb") as fh:
+            self._call("write", key, "put_object", Body=fh,
+                       ChecksumSHA256=base64.b64encode(bytes.fromhex(sha256)).decode())
+        Path(path).unlink(missing_ok=True)
+
+    def get(self, key: str) -> bytes:
+        return self._call("read", key, "get_object")["Body"].read()
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        try:
+            reply = self._call("read", key, "get_object", Range=f"bytes={start}-{start + length - 1}")
+        except StorageError as exc:
+            if "InvalidRange" in str(exc):  # starts at or after the end, as a file read would
+                return b""
+            raise
+        return reply["Body"].read()
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except self._errors as exc:
+            if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise StorageError(f"cannot look up s3://{self.bucket}/{self._key(key)}: {exc}") from exc
+        return True
+
+    def delete(self, key: str) -> None:
+        self._call("delete", key, "delete_object")
+
+    def size(self, key: str) -> int:
+        return int(self._call("look up", key, "head_object")["ContentLength"])
+
+
+def open_store(location: str, name: str, *, endpoint_url: str = "", region: str = "", access_key_id: str = "",
+               secret_access_key: str = "") -> BlobStore:
+    """A store from its location: ``s3://bucket[/prefix]`` or a folder."""
+    if location.startswith("s3://"):
+        bucket, _, prefix = location[len("s3://"):].partition("/")
+        if not bucket:
+            raise StorageError(f"no bucket in {location!r}")
+        return S3Store(bucket, prefix, name, endpoint_url=endpoint_url, region=region,
+                       access_key_id=access_key_id, secret_access_key=secret_access_key)
+    return FileSystemStore(Path(location), name)

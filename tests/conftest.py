@@ -68,3 +68,15 @@ def make_cluster(tmp_path: Path) -> Iterator:
     yield make
     for c in made:
         c.destroy()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator:
+    """A local S3-compatible server (moto) for the whole run; tests take a
+    bucket of their own with ``s3_server.new_bucket()``."""
+    from tests.s3 import S3Server
+    server = S3Server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -198,3 +198,49 @@ def test_killed_curator_loses_nothing_and_the_cache_keeps_its_limit(
     rebuilt = c.data_dir / "webcache" / victim["wavelet_key"]
     wait_until(lambda: rebuilt.exists() and _entries(c)[victim["sop_instance_uid"]]["state"] == "done", timeout=60)
     assert wavelet.info(rebuilt.read_bytes()).rows == 512
+
+
+def test_the_web_cache_can_live_in_s3_compatible_object_storage(
+        make_cluster: Callable[..., Cluster], s3_server, tmp_path: Path) -> None:
+    """``PACS_WEBCACHE_URL=s3://bucket/prefix``: the same files, in a bucket
+    of a real S3 server, checked, evicted and rebuilt the same way."""
+    bucket = s3_server.new_bucket()
+    c = make_cluster("postgres", **s3_server.env(f"s3://{bucket}/web")).start()
+    folder = tmp_path / "study"
+    folder.mkdir()
+    study = generate_uid()
+    for name in ("CT_small.dcm", "US1_J2KR.dcm"):
+        ds = pydicom.dcmread(get_testdata_file(name))
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(folder / name)
+    c.storescu(*sorted(folder.iterdir()))
+    c.wait_indexed(2)
+    entries = wait_until(lambda: (e := _entries(c)) and len(e) == 2 and all(x["state"] == "done" for x in e.values())
+                         and e, timeout=120)
+    shown = c.pacs_json("study", "show", study)
+    keys = wait_until(lambda: len(k := s3_server.keys(bucket, "web/")) == 6 and k, timeout=60)  # 2 x 2 files + 2 series
+    assert not (c.data_dir / "webcache" / "wavelet").exists(), "nothing of the web cache on local disk"
+    client = s3_server.client()
+    for uid, entry in entries.items():
+        assert keys[f"web/{entry['wavelet_key']}"] == entry["wavelet_size"]
+        data = client.get_object(Bucket=bucket, Key=f"web/{entry['wavelet_key']}")["Body"].read()
+        assert np.array_equal(wavelet.decode(data), _archived_pixels(c, shown, uid))
+    assert sum(k.startswith("web/series/") for k in keys) == 2
+    assert c.pacs_json("webcache", "usage")["path"] == f"s3://{bucket}/web"
+    assert c.pacs("webcache", "verify").returncode == 0
+
+    victim = next(iter(entries.values()))
+    client.delete_object(Bucket=bucket, Key=f"web/{victim['thumbnail_key']}")
+    res = c.pacs("webcache", "verify", check=False)
+    assert res.returncode == 1 and "missing" in res.stdout
+    wait_until(lambda: f"web/{victim['thumbnail_key']}" in s3_server.keys(bucket, "web/")
+               and _entries(c)[victim["sop_instance_uid"]]["state"] == "done"
+               and _entries(c)[victim["sop_instance_uid"]]["curated_at"] > victim["curated_at"], timeout=60)
+    redone = _entries(c)[victim["sop_instance_uid"]]["curated_at"]
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{c.pg_db}", autocommit=True) as db:  # its series doc
+        wait_until(lambda: db.execute("SELECT max(built_at) FROM webcache_series").fetchone()[0] >= redone,
+                   timeout=60)
+    c.pacs("webcache", "evict", "--to", "0")
+    assert c.pacs_json("webcache", "usage")["bytes"] == 0
+    assert s3_server.keys(bucket, "web/") == {}

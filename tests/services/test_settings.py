@@ -86,6 +86,9 @@ def test_bad_value_in_toml_names_the_setting(monkeypatch: pytest.MonkeyPatch, tm
     ("PACS_STUDY_STABLE_SECONDS", "-1"),
     ("PACS_DICOM_AE_TITLE", "A_TITLE_FAR_TOO_LONG"),
     ("PACS_DICOM_REQUIRE_KNOWN_AE", "maybe"),
+    ("PACS_WEBCACHE_URL", "/var/lib/webcache"),
+    ("PACS_WEBCACHE_URL", "s3://"),
+    ("PACS_WEBCACHE_URL", "s3:///prefix"),
 ])
 def test_bad_value_fails_naming_the_variable(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
     monkeypatch.setenv(variable, value)

@@ -1,5 +1,6 @@
-"""Blob storage backends: put/get/get_range/delete, content-named keys that
-never carry a UID, and put_file that verifies the SHA-256 before it keeps
+"""Blob storage backends (a folder, an S3-compatible bucket on a real S3
+server, memory): put/get/get_range/delete, content-named keys that never
+carry a UID, and put_file that verifies the SHA-256 before it keeps
 anything."""
 
 from __future__ import annotations
@@ -12,15 +13,27 @@ from pathlib import Path
 import pytest
 
 from services.errors import IntegrityError, StorageError
-from services.storage import BlobStore, FileSystemStore, MemoryStore, object_key, sha256_file, write_durably
+from services.storage import (
+    BlobStore, FileSystemStore, MemoryStore, S3Store, object_key, open_store, sha256_file, write_durably,
+)
+from tests.s3 import ACCESS_KEY, REGION, SECRET_KEY
 
 DATA = bytes(range(256)) * 40 + b"tail"
 SHA = hashlib.sha256(DATA).hexdigest()
 
 
-@pytest.fixture(params=["filesystem", "memory"])
+def s3_store(server, bucket: str, prefix: str = "tier") -> S3Store:
+    return S3Store(bucket, prefix, "s3", endpoint_url=server.endpoint, region=REGION, access_key_id=ACCESS_KEY,
+                   secret_access_key=SECRET_KEY)
+
+
+@pytest.fixture(params=["filesystem", "s3", "memory"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]:
-    yield FileSystemStore(tmp_path / "tier", "cache") if request.param == "filesystem" else MemoryStore()
+    if request.param == "s3":
+        server = request.getfixturevalue("s3_server")
+        yield s3_store(server, server.new_bucket())
+    else:
+        yield FileSystemStore(tmp_path / "tier", "cache") if request.param == "filesystem" else MemoryStore()
 
 
 def files_under(root: Path) -> list[Path]:
@@ -51,9 +64,11 @@ def test_put_get_range_delete(store: BlobStore) -> None:
 def test_get_missing_is_a_storage_error(store: BlobStore) -> None:
     with pytest.raises(StorageError):
         store.get(object_key("a" * 64))
-    if isinstance(store, FileSystemStore):
+    if not isinstance(store, MemoryStore):
         with pytest.raises(StorageError):
             store.get_range(object_key("a" * 64), 0, 1)
+        with pytest.raises(Exception):
+            store.size(object_key("a" * 64))
 
 
 def test_object_key_is_sharded_and_never_a_uid() -> None:
@@ -70,6 +85,34 @@ def test_filesystem_store_refuses_keys_leaving_its_root(tmp_path: Path, key: str
     with pytest.raises(StorageError):
         store.put(key, b"x")
     assert not (tmp_path / "outside.dcm").exists()
+
+
+@pytest.mark.parametrize("key", ["../outside.dcm", "/etc/passwd", "ab/../../outside.dcm"])
+def test_s3_store_refuses_keys_leaving_its_prefix(s3_server, key: str) -> None:
+    bucket = s3_server.new_bucket()
+    with pytest.raises(StorageError):
+        s3_store(s3_server, bucket).put(key, b"x")
+    assert s3_server.keys(bucket) == {}
+
+
+def test_s3_store_keeps_its_objects_under_its_prefix(s3_server) -> None:
+    bucket = s3_server.new_bucket()
+    store = open_store(f"s3://{bucket}/web/cache", "webcache", endpoint_url=s3_server.endpoint, region=REGION,
+                       access_key_id=ACCESS_KEY, secret_access_key=SECRET_KEY)
+    assert isinstance(store, S3Store)
+    store.check()
+    store.put("wavelet/1.2.3.pcw", DATA)
+    assert s3_server.keys(bucket) == {"web/cache/wavelet/1.2.3.pcw": len(DATA)}
+    assert store.get_range("wavelet/1.2.3.pcw", len(DATA), 10) == b"", "a read past the end is empty, as on disk"
+
+
+def test_s3_store_that_cannot_be_reached_is_a_clear_error(s3_server) -> None:
+    with pytest.raises(StorageError, match="s3://no-such-bucket"):
+        s3_store(s3_server, "no-such-bucket").check()
+    with pytest.raises(StorageError, match="no-such-bucket"):
+        s3_store(s3_server, "no-such-bucket").put("x", b"x")
+    with pytest.raises(StorageError, match="no bucket"):
+        open_store("s3:///prefix", "webcache")
 
 
 def test_put_file_takes_a_verified_file(store: BlobStore, tmp_path: Path) -> None:
@@ -91,6 +134,8 @@ def test_put_file_refuses_a_mismatch_and_keeps_nothing(store: BlobStore, tmp_pat
     assert src.read_bytes() == DATA[:-1] + b"X", "the sender's file must stay as it was"
     if isinstance(store, FileSystemStore):
         assert files_under(store.root) == [], "nothing may be left in the tier"
+    if isinstance(store, S3Store):
+        assert store._client.list_objects_v2(Bucket=store.bucket).get("KeyCount") == 0
 
 
 def test_write_durably_leaves_no_temp_file(tmp_path: Path) -> None:
