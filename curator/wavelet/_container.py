@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import struct
+import math
 import zlib
 from dataclasses import dataclass
 
@@ -156,6 +157,11 @@ def parse(data: bytes | bytearray | memoryview) -> WaveletInfo:
         raise UnsupportedError(f"unsupported image description: {bits} bits, itemsize {itemsize}, {samples} samples")
     if levels > 30 or (flags & FLAG_RCT and samples != 3):
         raise CorruptError("inconsistent header (levels or colour transform)")
+    if flags & FLAG_LOSSY:
+        if not (math.isfinite(step) and step > 0 and math.isfinite(delta)):
+            raise CorruptError(f"lossy file with quantiser step {step}, reconstruction offset {delta}")
+    elif step or psnr or delta:
+        raise CorruptError("lossless file with lossy parameters")
     chunks = []
     expect = index_end
     pos = HEADER_SIZE

@@ -63,6 +63,7 @@ MAX_MAG = (1 << 26) - 1  # decoded magnitudes beyond this are corrupt
 C1, C2, C3, C4 = 16, 48, 128, 384  # a table's adaptation shift: 4 + number of these it has been used
 FAST_RATE = 3  # mantissa mode: shift of the fast estimate
 MANT_BITS = 4  # mantissa bits per table symbol in mantissa mode
+MAX_CLASS = 47  # the largest class of a valid file (magnitudes of 16-bit images stay far below 2**24)
 MANT_Q = 48  # classes and shifts that select a mantissa table
 MANT_K = 10
 NMCTX = NGROUPS * MANT_Q * MANT_K
@@ -481,11 +482,16 @@ def _decode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
                 k2 = j + 2
                 ctx = RUNI_BASE + group
                 k = 0
+                ends_run = True
             else:
                 ctx = gbase + ql * NQP + qp
                 k = max(0, (ql - SHIFT_BASE) >> 1)
+                ends_run = False
             s, rng, code, apos = _dec_sym(cdf, cnt, ctx, fs, mant, ac, nac, rng, code, apos)
             q = s
+            if ends_run and s == 0:  # the value that ends a run is nonzero
+                bad = True
+                break
             if s == ESC:
                 # unary extension: ones until a zero
                 while True:
@@ -502,9 +508,11 @@ def _decode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
                     if bit == 0:
                         break
                     q += 1
-                    if q > 2 * 26:
+                    if q > MAX_CLASS:
                         bad = True
                         break
+                if bad:
+                    break
             zero = q == 0
             if k > 0 and q > 0:
                 q -= 1  # class of |v| >> k (0: 0 < |v| < 2**k)
@@ -521,7 +529,10 @@ def _decode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
                 nr -= w
                 ctx = (group * MANT_Q + min(q, MANT_Q - 1)) * MANT_K + min(k, MANT_K - 1)
                 s, rng, code, apos = _dec_sym(mcdf, mcnt, ctx, fs, mant, ac, nac, rng, code, apos)
-                mag |= np.int64(s & ((1 << w) - 1)) << nr
+                if s >> w:  # a w-bit mantissa
+                    bad = True
+                    break
+                mag |= np.int64(s) << nr
             if nr > 0:
                 while rbits < nr:
                     b = 0

@@ -267,3 +267,41 @@ def test_js_decoder_agrees_on_damaged_chunk_contents(node, tmp_path) -> None:
             else:
                 assert proc.returncode == 0, (path.name, proc.stderr)
                 assert json.loads(proc.stdout)["sha256"] == digest(ref), path.name
+
+
+@pytest.mark.parametrize(
+    "field, offset, fmt, value, error",
+    [
+        ("unknown flag", 5, "B", 0x20 | 1, "UnsupportedError"),
+        ("reserved", 10, "<H", 1, "UnsupportedError"),
+        ("no frames", 20, "<I", 0, "CorruptError"),
+        ("bits stored 0", 6, "B", 0, "UnsupportedError"),
+        ("bits stored 17", 6, "B", 17, "UnsupportedError"),
+        ("item size 3", 7, "B", 3, "UnsupportedError"),
+        ("no samples", 9, "B", 0, "UnsupportedError"),
+        ("no rows", 12, "<I", 0, "UnsupportedError"),
+        ("31 levels", 8, "B", 31, "CorruptError"),
+        ("colour transform of one sample", 5, "B", 2, "CorruptError"),
+        ("lossless with a step", 24, "<d", 1.5, "CorruptError"),
+        ("lossless with a target", 32, "<f", 40.0, "CorruptError"),
+        ("lossy without a step", 5, "B", 4, "CorruptError"),
+    ],
+)
+def test_js_decoder_names_the_reference_error_for_bad_header_fields(
+        node, tmp_path, sample_file, field, offset, fmt, value, error) -> None:
+    """A header field out of its range, with the checksum made to fit: both
+    decoders raise the class that section 6 of the format gives."""
+    data, _ = sample_file
+    b = bytearray(data)
+    struct.pack_into(fmt, b, offset, value)
+    levels, frames = b[8], struct.unpack_from("<I", b, 20)[0]
+    index_end = 40 + 16 * (levels + 1) * frames + 4
+    if 0 < frames and index_end <= len(b):
+        struct.pack_into("<I", b, index_end - 4, zlib.crc32(b[: index_end - 4]))
+    path = tmp_path / "field.pcwv"
+    path.write_bytes(bytes(b))
+    with pytest.raises(getattr(wavelet, error)):
+        wavelet.decode(bytes(b))
+    proc = run_cli(node, path, "--info")
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert f"{error}:" in proc.stderr, proc.stderr

@@ -163,14 +163,23 @@ def test_killed_curator_loses_nothing_and_the_cache_keeps_its_limit(
         smooth = (np.add.outer(np.arange(512), np.arange(512)) * 3 + rng.integers(0, 64, (512, 512)))
         ds.PixelData = (smooth % 4096).astype(np.uint16).tobytes()
         write_part10(folder / f"{k:03d}.dcm", ds)
-    c.storescu(*sorted(folder.iterdir()))
-    c.wait_indexed(n)
+    # the curator is held (SIGSTOP) while the study comes in, so that the kill
+    # below lands while work is queued, however fast or loaded the machine is
+    held = c.pids("curator")
+    for pid in held:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        c.storescu(*sorted(folder.iterdir()))
+        c.wait_indexed(n)
+    finally:
+        for pid in held:
+            os.kill(pid, signal.SIGCONT)
 
     def progress() -> tuple[int, int]:
         e = _entries(c)
         return sum(x["state"] == "done" for x in e.values()), len(e)
 
-    wait_until(lambda: progress()[0] >= 1, step=0.05)
+    wait_until(lambda: progress()[0] >= 1, step=0.02)
     done_at_kill, _ = progress()
     for pid in c.pids("curator"):
         os.kill(pid, signal.SIGKILL)

@@ -70,17 +70,21 @@ const i32 = (b, o) => b[o] | (b[o + 1] << 8) | (b[o + 2] << 16) | (b[o + 3] << 2
 
 // ---------------------------------------------------------------- header and index
 
+// The checks follow the order of the format's section 6, so that every
+// decoder names the same error for the same file.
 function parseHeader(bytes) {
-  if (bytes.length < HEADER_SIZE) {
-    throw new TruncatedError(`wavelet: ${bytes.length} bytes: the header needs ${HEADER_SIZE}`);
-  }
+  if (bytes.length < 5) throw new TruncatedError(`wavelet: ${bytes.length} bytes: shorter than the header`);
   if (bytes[0] !== 0x50 || bytes[1] !== 0x43 || bytes[2] !== 0x57 || bytes[3] !== 0x56) {
     throw new UnsupportedError("wavelet: bad magic (not a PCWV file)");
   }
   const version = bytes[4];
   if (version !== VERSION) throw new UnsupportedError(`wavelet: format version ${version}, this decoder reads ${VERSION}`);
+  if (bytes.length < HEADER_SIZE) {
+    throw new TruncatedError(`wavelet: ${bytes.length} bytes: the header needs ${HEADER_SIZE}`);
+  }
   const flags = bytes[5];
   if (flags & ~31) throw new UnsupportedError(`wavelet: unknown header flags 0x${flags.toString(16)}`);
+  if (u16(bytes, 10) !== 0) throw new UnsupportedError("wavelet: reserved header field is not 0");
   const view = new DataView(bytes.buffer, bytes.byteOffset, HEADER_SIZE);
   const h = {
     version,
@@ -101,19 +105,23 @@ function parseHeader(bytes) {
     targetPsnr: view.getFloat32(32, true),
     reconOffset: view.getFloat32(36, true),
   };
+  if (h.frames < 1 || h.frames > 1 << 20) throw new CorruptError(`wavelet: implausible frame count ${h.frames}`);
+  h.indexEnd = HEADER_SIZE + ENTRY_SIZE * (h.levels + 1) * h.frames + 4;
+  return h;
+}
+
+/** Checks 7 and 8 of section 6: the image description, once the CRC holds. */
+function checkDescription(h) {
   const B = h.bitsStored;
-  if (B < 1 || B > 16) throw new CorruptError(`wavelet: bits stored ${B} outside 1..16`);
-  if (![1, 2, 4, 8].includes(h.itemSize)) throw new CorruptError(`wavelet: item size ${h.itemSize} not 1, 2, 4 or 8`);
-  if (B > 8 * h.itemSize) throw new CorruptError(`wavelet: ${B} bits stored do not fit ${h.itemSize}-byte samples`);
-  if (h.levels > 30) throw new CorruptError(`wavelet: ${h.levels} levels (at most 30)`);
-  if (h.samples < 1) throw new CorruptError("wavelet: 0 samples per pixel");
-  if (h.rct && h.samples !== 3) throw new CorruptError(`wavelet: RCT with ${h.samples} samples (needs 3)`);
-  if (u16(bytes, 10) !== 0) throw new CorruptError("wavelet: reserved header field is not 0");
-  if (h.rows < 1 || h.columns < 1 || h.frames < 1) {
-    throw new CorruptError(`wavelet: empty image ${h.rows}x${h.columns}, ${h.frames} frames`);
+  if (B < 1 || B > 16 || ![1, 2, 4, 8].includes(h.itemSize) || B > 8 * h.itemSize || h.samples < 1 ||
+      h.rows < 1 || h.columns < 1) {
+    throw new UnsupportedError(`wavelet: unsupported image description: ${B} bits stored, ${h.itemSize}-byte ` +
+      `samples, ${h.samples} samples per pixel, ${h.rows}x${h.columns}`);
   }
-  if (h.lossy && !(h.quantStep > 0 && Number.isFinite(h.quantStep))) {
-    throw new CorruptError(`wavelet: lossy file with quantiser step ${h.quantStep}`);
+  if (h.levels > 30) throw new CorruptError(`wavelet: ${h.levels} levels (at most 30)`);
+  if (h.rct && h.samples !== 3) throw new CorruptError(`wavelet: RCT with ${h.samples} samples (needs 3)`);
+  if (h.lossy && !(h.quantStep > 0 && Number.isFinite(h.quantStep) && Number.isFinite(h.reconOffset))) {
+    throw new CorruptError(`wavelet: lossy file with quantiser step ${h.quantStep}, delta ${h.reconOffset}`);
   }
   if (!h.lossy && (h.quantStep !== 0 || h.targetPsnr !== 0 || h.reconOffset !== 0)) {
     throw new CorruptError("wavelet: lossless file with non-zero lossy parameters");
@@ -127,8 +135,6 @@ function parseHeader(bytes) {
     shapes.push([Math.ceil(r / 2), Math.ceil(c / 2)]);
   }
   h.levelShapes = shapes;
-  h.indexEnd = HEADER_SIZE + ENTRY_SIZE * (h.levels + 1) * h.frames + 4;
-  return h;
 }
 
 function parseIndex(bytes, h) {
@@ -138,6 +144,7 @@ function parseIndex(bytes, h) {
   const stored = u32(bytes, h.indexEnd - 4);
   const actual = crc32(bytes, 0, h.indexEnd - 4);
   if (stored !== actual) throw new CorruptError("wavelet: header/index CRC-32 mismatch");
+  checkDescription(h);
   const L = h.levels, F = h.frames;
   const n = (L + 1) * F;
   const offset = new Float64Array(n), size = new Float64Array(n), crc = new Uint32Array(n);
