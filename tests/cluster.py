@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -51,6 +52,16 @@ def wait_until(what: Callable[[], Any], timeout: float = 60.0, step: float = 0.3
             return value
         time.sleep(step)
     raise TimeoutError(f"not so after {timeout}s")
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def free_port() -> int:
@@ -141,14 +152,32 @@ class Cluster:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"pacs up exited early:\n{self.log()}")
-            try:
-                status = self.status()
-                if all(s["up"] for s in status["services"].values()) and self.echo():
-                    return
-            except (subprocess.CalledProcessError, json.JSONDecodeError):
-                pass
-            time.sleep(0.5)
+            if {"gateway", "archive", "dbserver", "curator"} <= self._running_services() and self.echo():
+                return
+            time.sleep(0.3)
         raise TimeoutError(f"cluster not ready in {timeout}s:\n{self.log()[-4000:]}")
+
+    def _running_services(self) -> set[str]:
+        """Services with a heartbeat row whose process runs (read straight
+        from the database: polling ``pacs status`` would load the machine
+        while the cluster starts)."""
+        query = "SELECT service, pid FROM service_heartbeats"
+        try:
+            if self.pg_db:
+                with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{self.pg_db}", connect_timeout=3) as db:
+                    rows = db.execute(query).fetchall()
+            else:
+                path = self.data_dir / "pacs.db"
+                if not path.exists():
+                    return set()
+                db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
+                try:
+                    rows = db.execute(query).fetchall()
+                finally:
+                    db.close()
+        except (psycopg.Error, sqlite3.Error):
+            return set()
+        return {service for service, pid in rows if _pid_running(pid)}
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

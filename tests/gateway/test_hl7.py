@@ -47,7 +47,12 @@ def test_adt_creates_then_updates_a_patient(ris_cluster: Cluster) -> None:
     assert patients(ris_cluster)[("P1", "HOSP_A")]["patient_name"] == "DOE^JOHN"
     assert ack_code(send(ris_cluster, adt("A08", "ADT-2", "P1", "DOE^JONATHAN"))) == "AA"
     assert patients(ris_cluster)[("P1", "HOSP_A")]["patient_name"] == "DOE^JONATHAN"
-    assert ("ADT-2", "ADT^A08", "AA") in log_rows(ris_cluster)
+    assert ack_code(send(ris_cluster, adt("A31", "ADT-3", "P1", "DOE^JONATHAN", birth="19700102", sex="O"))) == "AA"
+    assert ack_code(send(ris_cluster, adt("A01", "ADT-4", "P2", "ROE^RITA", sex="F"))) == "AA"
+    found = patients(ris_cluster)
+    assert (found[("P1", "HOSP_A")]["patient_birth_date"], found[("P1", "HOSP_A")]["patient_sex"]) == ("19700102", "O")
+    assert found[("P2", "HOSP_A")]["patient_name"] == "ROE^RITA"
+    assert {("ADT-2", "ADT^A08", "AA"), ("ADT-3", "ADT^A31", "AA"), ("ADT-4", "ADT^A01", "AA")} <= set(log_rows(ris_cluster))
 
 
 def test_same_patient_id_in_two_domains_is_two_patients(ris_cluster: Cluster) -> None:
