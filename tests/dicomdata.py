@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import data_store
 import numpy as np
+import pydicom.data
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
@@ -21,7 +23,17 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittle
 
 from services.dicom import file_meta_bytes
 
-__all__ = ["ct_dataset", "encode", "write_part10"]
+__all__ = ["ct_dataset", "encode", "sample_files", "write_part10"]
+
+
+def sample_files(pattern: str = "*") -> list[str]:
+    """pydicom's own test files and pydicom-data's, sorted, listed straight
+    from the installed packages (``pydicom.data.get_sample_files`` would
+    also try to download the ones it lacks, slowly and differently from one
+    run to the next)."""
+    own = Path(pydicom.data.__file__).parent / "test_files"
+    extra = Path(data_store.__file__).parent / "data"
+    return sorted(str(p) for p in [*own.glob(pattern), *extra.glob(pattern)] if p.is_file())
 
 
 def ct_dataset(patient_id: str = "TEST-1", patient_name: str = "Test^Patient",

@@ -14,13 +14,12 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import data_store
 import numpy as np
 import pydicom
-import pydicom.data
 import pytest
 
 from curator import wavelet
+from tests.dicomdata import sample_files
 
 MAX_FRAMES = 4  # large multi-frame files: the first frames only, to keep the suite fast
 MIN_CASES = 112  # every decodable 1..16-bit object of pydicom 3.0 and pydicom-data 1.0
@@ -89,17 +88,9 @@ def _load(path: str):
     return arr, {"frames": frames > 1, "bits_stored": bits}, str(ds.file_meta.TransferSyntaxUID)
 
 
-def _files() -> list[str]:
-    """pydicom's test files and pydicom-data's, listed directly (the
-    ``get_testdata_files`` lookup also tries to download missing ones)."""
-    own = Path(pydicom.data.__file__).parent / "test_files"
-    extra = Path(data_store.__file__).parent / "data"
-    return sorted(str(p) for p in [*own.iterdir(), *extra.glob("*.dcm")] if p.is_file())
-
-
 def _cases():
     cases, skipped = [], {}
-    for path in _files():
+    for path in sample_files():
         got = _load(path)
         if isinstance(got, str):
             skipped[Path(path).name] = got

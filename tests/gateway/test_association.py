@@ -248,7 +248,8 @@ def _echo_still_works(port: int) -> None:
     assoc.release()
 
 
-@pytest.mark.parametrize("garbage", [os.urandom(4096), b"\x01\x00\xff\xff\xff\xff", b"GET / HTTP/1.0\r\n\r\n"])
+@pytest.mark.parametrize("garbage", [os.urandom(4096), b"\x01\x00\xff\xff\xff\xff", b"GET / HTTP/1.0\r\n\r\n"],
+                         ids=["random-4k", "huge-pdu-length", "http-request"])
 def test_garbage_gets_an_abort_and_the_listener_survives(scp, garbage: bytes) -> None:  # noqa: ANN001
     port, _, _ = scp
     with socket.create_connection(("127.0.0.1", port)) as s:

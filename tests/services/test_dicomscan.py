@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_file, get_testdata_files
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
@@ -18,8 +18,9 @@ import services.dicom as dicom
 from services.dicom import file_meta_end, read_header
 from services.dicomscan import Unsupported, scan
 from services.errors import InvalidDicomError
+from tests.dicomdata import sample_files
 
-FILES = sorted(f for f in get_testdata_files("*.dcm"))
+FILES = sample_files("*.dcm")
 
 
 def _via_pydicom(data: bytes, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN202
