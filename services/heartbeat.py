@@ -37,7 +37,7 @@ def start_heartbeat(settings: Settings, service: str, detail: dict | None = None
     ticker(f"{service}-heartbeat", INTERVAL, lambda: beat(settings, service, detail))
 
 
-def _running_here(host: str, pid: int) -> bool:
+def running_here(host: str, pid: int) -> bool:
     """False only when the process was on this host and is gone."""
     if host != socket.gethostname():
         return True
@@ -57,4 +57,4 @@ def alive(settings: Settings) -> list[dict]:
         rows = session.scalars(select(ServiceHeartbeat).where(
             ServiceHeartbeat.seen_at >= utcnow() - ALIVE_WITHIN).order_by(ServiceHeartbeat.service))
         return [{"service": r.service, "host": r.host, "pid": r.pid, "seen_at": r.seen_at.isoformat(),
-                 "detail": json.loads(r.detail or "{}")} for r in rows if _running_here(r.host, r.pid)]
+                 "detail": json.loads(r.detail or "{}")} for r in rows if running_here(r.host, r.pid)]

@@ -22,6 +22,8 @@ from typing import Any
 import psycopg
 import redis as redis_lib
 
+from services.heartbeat import running_here
+
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379"
 DCMTK = Path("/usr/bin")  # pynetdicom installs scripts of the same names on PATH
@@ -52,16 +54,6 @@ def wait_until(what: Callable[[], Any], timeout: float = 60.0, step: float = 0.3
             return value
         time.sleep(step)
     raise TimeoutError(f"not so after {timeout}s")
-
-
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def free_port() -> int:
@@ -161,7 +153,7 @@ class Cluster:
         """Services with a heartbeat row whose process runs (read straight
         from the database: polling ``pacs status`` would load the machine
         while the cluster starts)."""
-        query = "SELECT service, pid FROM service_heartbeats"
+        query = "SELECT service, host, pid FROM service_heartbeats"
         try:
             if self.pg_db:
                 with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{self.pg_db}", connect_timeout=3) as db:
@@ -177,7 +169,7 @@ class Cluster:
                     db.close()
         except (psycopg.Error, sqlite3.Error):
             return set()
-        return {service for service, pid in rows if _pid_running(pid)}
+        return {service for service, host, pid in rows if running_here(host, pid)}
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
