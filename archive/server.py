@@ -20,7 +20,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from archive.store import TIER_CACHE, cache_store, ensure_inbox, record_copies
+from archive.store import TIER_CACHE, cache_store, ensure_inbox, keep_present, present_size, record_copies
 from services.storage import object_key
 from services.transfer import parse_content_digest
 
@@ -49,8 +49,8 @@ def create_app() -> FastAPI:
         if announced is not None and announced != sha256:
             return _problem(400, "Digest mismatch", "Content-Digest differs from the object name")
         key = object_key(sha256)
-        if store.exists(key):
-            record_copies([(sha256, key, store.size(key))])
+        size = present_size(store, key)
+        if size is not None and keep_present(store, [(sha256, key, size)]):
             return Response(status_code=200)
         tmp = inbox / f".http.{sha256}.{os.getpid()}.{id(request)}.tmp"
         digest = hashlib.sha256()

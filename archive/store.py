@@ -36,17 +36,50 @@ def ensure_inbox(settings: Settings | None = None) -> Path:
 
 def record_copies(rows: list[tuple[str, str, int]], tier: str = TIER_CACHE,
                   settings: Settings | None = None) -> None:
-    """Record verified copies: (sha256, locator, size) each."""
+    """Record verified copies: (sha256, locator, size) each. An object
+    taken is wanted: a purge mark on its copy is cleared."""
     if not rows:
         return
     now = utcnow()
     values = [{"sha256": sha, "tier": tier, "locator": loc, "size_bytes": size,
-               "verified_at": now, "created_at": now} for sha, loc, size in rows]
+               "verified_at": now, "created_at": now, "purge_requested_at": None} for sha, loc, size in rows]
 
     def work(session):  # noqa: ANN001, ANN202
-        upsert(session, ObjectCopy.__table__, values, ["sha256", "tier"], ["locator", "size_bytes", "verified_at"])
+        upsert(session, ObjectCopy.__table__, values, ["sha256", "tier"],
+               ["locator", "size_bytes", "verified_at", "purge_requested_at"])
 
     run_in_transaction(work, settings)
+
+
+def present_size(store: FileSystemStore, key: str) -> int | None:
+    """The size of the object at ``key`` in the cache, None if it is not there."""
+    try:
+        return store.size(key)
+    except FileNotFoundError:
+        return None
+
+
+def keep_present(store: FileSystemStore, rows: list[tuple[str, str, int]],
+                 settings: Settings | None = None) -> set[str]:
+    """Record objects sent again that the cache holds already: (sha256,
+    locator, size) each. Returns the SHA-256 of those kept.
+
+    A purge may have marked them (:func:`delete_purged`). The mark is
+    cleared first, so no later purge deletes them; an object a purge
+    deleted before that is not there any more when looked at next, and the
+    caller stores it afresh."""
+    if not rows:
+        return set()
+    shas = [sha for sha, _, _ in rows]
+
+    def unmark(session) -> None:  # noqa: ANN001
+        session.execute(update(ObjectCopy).where(ObjectCopy.sha256.in_(shas), ObjectCopy.tier == TIER_CACHE)
+                        .values(purge_requested_at=None))
+
+    run_in_transaction(unmark, settings)
+    kept = [(sha, key, size) for sha, key, size in rows if present_size(store, key) == size]
+    record_copies(kept, settings=settings)
+    return {sha for sha, _, _ in kept}
 
 
 def accept_from_inbox(announced: list[list], settings: Settings | None = None) -> int:
@@ -57,9 +90,9 @@ def accept_from_inbox(announced: list[list], settings: Settings | None = None) -
     the sender hashed as it wrote it (a hard link copies nothing): it is
     taken as verified. Any other is re-hashed.
 
-    An object already in the cache is only recorded; a file whose content
-    does not match its name is dropped from the inbox (the sender keeps its
-    own and resends).
+    An object already in the cache is only recorded (:func:`keep_present`);
+    a file whose content does not match its name is dropped from the inbox
+    (the sender keeps its own and resends).
     """
     settings = settings or get_settings()
     store = cache_store(settings)
@@ -68,12 +101,14 @@ def accept_from_inbox(announced: list[list], settings: Settings | None = None) -
     same_inode: list[tuple[str, Path, str]] = []
     to_hash: list[tuple[str, Path, str]] = []
     sizes: dict[str, int] = {}
+    present = [(sha, object_key(sha), size) for sha, size, *_ in announced
+               if present_size(store, object_key(sha)) == size]
+    kept = keep_present(store, present, settings)
     for sha, size, *inode in announced:
         key = object_key(sha)
         src = inbox / f"{sha}.dcm"
-        if store.exists(key) and store.size(key) == size:
+        if sha in kept:
             src.unlink(missing_ok=True)
-            taken.append((sha, key, size))
             continue
         try:
             st = os.stat(src)
@@ -93,7 +128,7 @@ def accept_from_inbox(announced: list[list], settings: Settings | None = None) -
         else:
             taken.append((sha, key, sizes[key]))
     record_copies(taken, settings=settings)
-    return len(taken)
+    return len(taken) + len(kept)
 
 
 def delete_purged(settings: Settings | None = None, limit: int = 500) -> int:

@@ -7,12 +7,20 @@ a skipped test is not a pass.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster, postgres_available, redis_available, require_services
+from services.settings import Settings
+from tests.cluster import (
+    Cluster,
+    create_pg_database,
+    drop_pg_database,
+    postgres_available,
+    redis_available,
+    require_services,
+)
 
 
 def need_backends() -> None:
@@ -22,6 +30,42 @@ def need_backends() -> None:
         if require_services():
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def make_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Settings]]:
+    """Settings on a fresh, migrated database (SQLite, then PostgreSQL), for
+    tests that call the services' code in-process; call with overrides
+    (``duplicate_policy=…``) to get settings on the same database."""
+    from dbserver.schema import upgrade
+    from services.db import dispose_engines
+    from services.settings import load_settings
+
+    if request.param == "postgres":
+        if not postgres_available():
+            message = "PostgreSQL not reachable on 127.0.0.1"
+            if require_services():
+                pytest.fail(message)
+            pytest.skip(message)
+        name = create_pg_database()
+        url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    else:
+        name = None
+        url = f"sqlite:///{tmp_path / 'pacs.db'}"
+
+    def make(**overrides: object) -> Settings:
+        values = {"data_dir": tmp_path, "database_url": url, "study_stable_seconds": 60.0,
+                  "duplicate_policy": "keep-first"}
+        values.update(overrides)
+        return load_settings(**values)
+
+    upgrade(make())
+    try:
+        yield make
+    finally:
+        dispose_engines()
+        if name:
+            drop_pg_database(name)
 
 
 def _cluster(tmp_path: Path, backend: str, **env: str) -> Iterator[Cluster]:

@@ -5,52 +5,18 @@ the duplicate policies and stable-study marking."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from dbserver.models import Change, Instance, Series, Study, SupersededObject
 from dbserver.registration import mark_stable_studies, register_instances, registered
-from dbserver.schema import upgrade
-from services.db import dispose_engines, unit_of_work
-from services.settings import Settings, load_settings
-from tests.cluster import create_pg_database, drop_pg_database, postgres_available, require_services
+from services.db import unit_of_work
+from services.settings import Settings
 
 T0 = datetime(2026, 1, 5, 8, 0, tzinfo=timezone.utc)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def make_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Settings]]:
-    """Settings on a fresh, migrated database; call with overrides
-    (``duplicate_policy=…``) to get settings on the same database."""
-    if request.param == "postgres":
-        if not postgres_available():
-            message = "PostgreSQL not reachable on 127.0.0.1"
-            if require_services():
-                pytest.fail(message)
-            pytest.skip(message)
-        name = create_pg_database()
-        url = f"postgresql://postgres@127.0.0.1:5432/{name}"
-    else:
-        name = None
-        url = f"sqlite:///{tmp_path / 'pacs.db'}"
-
-    def make(**overrides: object) -> Settings:
-        values = {"data_dir": tmp_path, "database_url": url, "study_stable_seconds": 60.0,
-                  "duplicate_policy": "keep-first"}
-        values.update(overrides)
-        return load_settings(**values)
-
-    upgrade(make())
-    try:
-        yield make
-    finally:
-        dispose_engines()
-        if name:
-            drop_pg_database(name)
 
 
 def item(study: str, series: str, sop: str, *, content: str = "", modality: str = "CT", size: int = 1000,
