@@ -25,6 +25,14 @@ def find_patient(session: Session, patient_id: str, issuer: str) -> Patient | No
                                                 Patient.issuer_of_patient_id == issuer))
 
 
+def find_named_patient(session: Session, patient_id: str, issuer: str) -> Patient | None:
+    """The patient a merge or an identifier change names: the one of this
+    domain, else one known only from images that carry this Patient ID and
+    no Issuer of Patient ID (a modality that fills no issuer; the RIS
+    speaks of the same patient)."""
+    return find_patient(session, patient_id, issuer) or (find_patient(session, patient_id, "") if issuer else None)
+
+
 def _keep_prior(session: Session, survivor: Patient, patient_id: str, issuer: str, event: str,
                 control_id: str) -> None:
     session.add(PatientPriorId(patient_fk=survivor.id, patient_id=patient_id, issuer_of_patient_id=issuer,
@@ -38,7 +46,7 @@ def merge_patients(session: Session, survivor: Patient, prior_id: str, prior_iss
     """Merge the patient ``prior_id`` into ``survivor`` (ADT^A40): its
     studies, orders and prior identifiers move over and it ceases to exist.
     Returns the number of studies moved."""
-    prior = find_patient(session, prior_id, prior_issuer)
+    prior = find_named_patient(session, prior_id, prior_issuer)
     if prior is None:
         raise PatientIdentityError(f"MRG-1: no patient {prior_id} ({prior_issuer}) to merge")
     if prior.id == survivor.id:
@@ -60,14 +68,15 @@ def merge_patients(session: Session, survivor: Patient, prior_id: str, prior_iss
 
 def change_patient_id(session: Session, prior_id: str, issuer: str, new_id: str, control_id: str = "") -> Patient:
     """Give the patient ``prior_id`` the identifier ``new_id`` (ADT^A47)."""
-    patient = find_patient(session, prior_id, issuer)
+    patient = find_named_patient(session, prior_id, issuer)
     if patient is None:
         raise PatientIdentityError(f"MRG-1: no patient {prior_id} ({issuer}) to change")
     if prior_id != new_id and find_patient(session, new_id, issuer) is not None:
         raise PatientIdentityError(f"PID-3: patient {new_id} ({issuer}) exists already; merging is ADT^A40")
-    patient.patient_id = new_id
+    prior_issuer = patient.issuer_of_patient_id
+    patient.patient_id, patient.issuer_of_patient_id = new_id, issuer
     patient.updated_at = patient.ris_updated_at = utcnow()
-    _keep_prior(session, patient, prior_id, issuer, "A47", control_id)
+    _keep_prior(session, patient, prior_id, prior_issuer, "A47", control_id)
     session.flush()
     return patient
 

@@ -81,3 +81,29 @@ def test_identifier_change_and_bad_identity_messages(cluster: Cluster, tmp_path:
     assert export_one(cluster, uid, tmp_path / "exp").PatientID == "PX2"
     log = {m["message_control_id"]: m["ack_code"] for m in cluster.pacs_json("ris", "messages")}
     assert log["ID-A47"] == "AA" and log["BAD-1"] == "AE"
+
+
+def test_merge_and_change_reach_patients_known_only_from_images(cluster: Cluster, tmp_path: Path) -> None:
+    # images with no Issuer of Patient ID and no order: their patients are known from the images alone
+    merged = send_study(cluster, tmp_path / "m", "", "IM9", "IMAGE^ONLY", "19500505", "M")
+    changed = send_study(cluster, tmp_path / "c", "", "IM7", "IMAGE^SEVEN", "19500707", "F", seed=2)
+    cluster.wait_indexed(2)
+    assert {_study(cluster, u)["validation_status"] for u in (merged, changed)} == {"unverified"}
+    assert ack_code(send(cluster, adt("A01", "IM-A01", "IM1", "KNOWN^KARL", "19500505", "M"))) == "AA"
+
+    ack = send(cluster, adt("A40", "IM-A40", "IM1", "KNOWN^KARL", "19500505", "M", prior="IM9"))
+    assert ack_code(ack) == "AA", str(ack)
+    shown = _study(cluster, merged)
+    assert (shown["patient_id"], shown["patient_name"]) == ("IM1", "KNOWN^KARL")
+    assert "IM9" not in {p["patient_id"] for p in cluster.pacs_json("ris", "patients")}
+    ds = export_one(cluster, merged, tmp_path / "exp-m")
+    assert (ds.PatientID, ds.PatientName) == ("IM1", "KNOWN^KARL")
+    replaced = ds.OriginalAttributesSequence[-1].ModifiedAttributesSequence[0]
+    assert (replaced.PatientID, replaced.PatientName) == ("IM9", "IMAGE^ONLY")
+
+    ack = send(cluster, adt("A47", "IM-A47", "IM8", "IMAGE^SEVEN", "19500707", "F", prior="IM7"))
+    assert ack_code(ack) == "AA", str(ack)
+    found = _patients(cluster)
+    assert "IM8" in found, "the patient now belongs to the RIS domain that named it"
+    assert found["IM8"]["prior_ids"] == [{"patient_id": "IM7", "issuer_of_patient_id": "", "event": "A47"}]
+    assert export_one(cluster, changed, tmp_path / "exp-c").PatientID == "IM8"
