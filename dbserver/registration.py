@@ -21,7 +21,7 @@ from sqlalchemy import distinct, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from dbserver.validation import DEMOGRAPHICS, validate_studies
-from dbserver.models import Change, Instance, Patient, Series, Study, SupersededObject, utcnow
+from dbserver.models import Change, Instance, Patient, PatientPriorId, Series, Study, SupersededObject, utcnow
 from services.db import run_in_transaction, unit_of_work
 from services.dicom import check_uid
 from services.settings import Settings, get_settings
@@ -96,22 +96,42 @@ def _ids(session: Session, column, key_column, keys: set) -> dict:  # noqa: ANN0
     return dict(session.execute(select(key_column, column).where(key_column.in_(keys))).all())
 
 
+def _patient_keys(session: Session, keys: set[tuple[str, str]], pk,  # noqa: ANN001
+                  *order_by) -> dict[tuple[str, str], int]:  # noqa: ANN002
+    """(Patient ID, issuer) -> ``pk`` for the rows of ``pk``'s table with
+    those keys; the last in ``order_by`` wins."""
+    table = pk.class_
+    rows = session.execute(select(table.patient_id, table.issuer_of_patient_id, pk)
+                           .where(tuple_(table.patient_id, table.issuer_of_patient_id).in_(keys)).order_by(*order_by))
+    return {(pid, issuer): fk for pid, issuer, fk in rows}
+
+
+def _patients(session: Session, batch: list[dict[str, Any]], now: datetime) -> dict[tuple[str, str], int]:
+    """The patient row of each (Patient ID, issuer) of the batch. A new one
+    keeps the first demographics seen; an identifier the RIS merged or
+    changed (ADT^A40, A47) finds the patient that has it now."""
+    keys = {(i["patient_id"], i["issuer_of_patient_id"]) for i in batch}
+    found = _patient_keys(session, keys, Patient.id)
+    missing = keys - found.keys()
+    if missing:  # the latest merge or change of an identifier is the one that counts
+        found.update(_patient_keys(session, missing, PatientPriorId.patient_fk, PatientPriorId.replaced_at,
+                                   PatientPriorId.id))
+    new = [i for i in batch if (i["patient_id"], i["issuer_of_patient_id"]) not in found]
+    if new:
+        insert_ignore(session, Patient.__table__, [
+            {"patient_id": i["patient_id"], "issuer_of_patient_id": i["issuer_of_patient_id"],
+             "patient_name": i.get("patient_name", ""), "patient_birth_date": i.get("patient_birth_date", ""),
+             "patient_sex": i.get("patient_sex", ""), "created_at": now, "updated_at": now}
+            for i in new], ["patient_id", "issuer_of_patient_id"])
+        found.update(_patient_keys(session, keys - found.keys(), Patient.id))
+    return found
+
+
 def _register(session: Session, batch: list[dict[str, Any]], settings: Settings) -> dict[str, int]:
     now = utcnow()
     counts = {"new": 0, "existing": 0, "superseded": 0}
 
-    # patients: (patient_id, issuer) identifies one; first-seen demographics kept
-    insert_ignore(session, Patient.__table__, [
-        {"patient_id": i["patient_id"], "issuer_of_patient_id": i["issuer_of_patient_id"],
-         "patient_name": i.get("patient_name", ""), "patient_birth_date": i.get("patient_birth_date", ""),
-         "patient_sex": i.get("patient_sex", ""), "created_at": now, "updated_at": now}
-        for i in batch], ["patient_id", "issuer_of_patient_id"])
-    pkeys = {(i["patient_id"], i["issuer_of_patient_id"]) for i in batch}
-    patient_ids = {}
-    for pid, issuer, pk in session.execute(
-            select(Patient.patient_id, Patient.issuer_of_patient_id, Patient.id)
-            .where(tuple_(Patient.patient_id, Patient.issuer_of_patient_id).in_(pkeys))):
-        patient_ids[(pid, issuer)] = pk
+    patient_ids = _patients(session, batch, now)
 
     study_uids = {i["study_instance_uid"] for i in batch}
     known_studies = _ids(session, Study.id, Study.study_instance_uid, study_uids)

@@ -89,6 +89,8 @@ def test_merge_and_change_reach_patients_known_only_from_images(cluster: Cluster
     changed = send_study(cluster, tmp_path / "c", "", "IM7", "IMAGE^SEVEN", "19500707", "F", seed=2)
     cluster.wait_indexed(2)
     assert {_study(cluster, u)["validation_status"] for u in (merged, changed)} == {"unverified"}
+    assert {("IM9", ""), ("IM7", "")} <= {(p["patient_id"], p["issuer_of_patient_id"])
+                                         for p in cluster.pacs_json("ris", "patients")}
     assert ack_code(send(cluster, adt("A01", "IM-A01", "IM1", "KNOWN^KARL", "19500505", "M"))) == "AA"
 
     ack = send(cluster, adt("A40", "IM-A40", "IM1", "KNOWN^KARL", "19500505", "M", prior="IM9"))
@@ -107,3 +109,12 @@ def test_merge_and_change_reach_patients_known_only_from_images(cluster: Cluster
     assert "IM8" in found, "the patient now belongs to the RIS domain that named it"
     assert found["IM8"]["prior_ids"] == [{"patient_id": "IM7", "issuer_of_patient_id": "", "event": "A47"}]
     assert export_one(cluster, changed, tmp_path / "exp-c").PatientID == "IM8"
+
+    # images sent later with the identifiers the RIS retired find the patients that have them now
+    late_merged = send_study(cluster, tmp_path / "lm", "", "IM9", "IMAGE^ONLY", "19500505", "M", seed=3)
+    late_changed = send_study(cluster, tmp_path / "lc", "", "IM7", "IMAGE^SEVEN", "19500707", "F", seed=4)
+    cluster.wait_indexed(4)
+    assert _study(cluster, late_merged)["patient_id"] == "IM1"
+    assert _study(cluster, late_changed)["patient_id"] == "IM8"
+    assert not {"IM9", "IM7"} & {p["patient_id"] for p in cluster.pacs_json("ris", "patients")}
+    assert export_one(cluster, late_merged, tmp_path / "exp-lm").PatientID == "IM1"
