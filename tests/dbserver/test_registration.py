@@ -9,9 +9,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from dbserver.models import Change, Instance, Series, Study, SupersededObject
+from dbserver.models import Change, Instance, Patient, PatientPriorId, Series, Study, SupersededObject
 from dbserver.registration import mark_stable_studies, register_instances, registered
 from services.db import unit_of_work
 from services.settings import Settings
@@ -79,6 +79,36 @@ def test_batch_registration_and_aggregates(make_settings: Callable[..., Settings
     kinds = sorted(c for c, _ in changes)
     assert kinds.count("new-instance") == 5 and kinds.count("new-study") == 2 and kinds.count("new-series") == 3
     assert registered([i["sha256"] for i in batch()] + ["f" * 64], s) == {i["sha256"] for i in batch()}
+
+
+def test_retired_patient_ids_find_the_patient_that_has_them_now(make_settings: Callable[..., Settings]) -> None:
+    s = make_settings()
+
+    def patient(pid: str, issuer: str) -> Patient:
+        row = Patient(patient_id=pid, issuer_of_patient_id=issuer, patient_name=pid, created_at=T0, updated_at=T0)
+        session.add(row)
+        session.flush()
+        return row
+
+    with unit_of_work(s) as session:
+        survivor, later, again = patient("PS", "RIS"), patient("PL", "RIS"), patient("P3", "")
+        for pid, issuer, owner, at in [("P1", "", survivor, T0), ("P2", "RIS", survivor, T0),
+                                       ("P2", "RIS", later, T0 + timedelta(days=1)), ("P3", "", survivor, T0)]:
+            session.add(PatientPriorId(patient_fk=owner.id, patient_id=pid, issuer_of_patient_id=issuer,
+                                       event="A40", replaced_at=at))
+        ids = {"PS": survivor.id, "PL": later.id, "P3": again.id}
+    register_instances([item("1.2.3.1", "1.2.3.1.1", "1.2.3.1.1.1", patient_id="P1"),
+                        item("1.2.3.2", "1.2.3.2.1", "1.2.3.2.1.1", patient_id="P2", issuer_of_patient_id="RIS"),
+                        item("1.2.3.3", "1.2.3.3.1", "1.2.3.3.1.1", patient_id="P3"),
+                        item("1.2.3.4", "1.2.3.4.1", "1.2.3.4.1.1", patient_id="P4")], s)
+    found = studies(s)
+    assert found["1.2.3.1"].patient_fk == ids["PS"], "merged away: the survivor"
+    assert found["1.2.3.2"].patient_fk == ids["PL"], "the latest merge counts"
+    assert found["1.2.3.3"].patient_fk == ids["P3"], "a patient holding the identifier again keeps it"
+    with unit_of_work(s) as session:
+        new = session.scalar(select(Patient).where(Patient.id == found["1.2.3.4"].patient_fk))
+        assert (new.patient_id, new.patient_name) == ("P4", "DOE^JANE")
+        assert session.scalar(select(func.count()).select_from(Patient)) == 4
 
 
 def test_rerun_is_idempotent(make_settings: Callable[..., Settings]) -> None:
