@@ -53,6 +53,22 @@ def _in_cache(settings: Settings) -> bool:
     return path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == SHA
 
 
+def _purge_first(monkeypatch: pytest.MonkeyPatch, module: object, name: str, settings: Settings,
+                 deletes: int | None = None) -> Callable:
+    """Make ``module.name`` run the pending deletion before it does its own
+    work (``deletes``: how many copies that deletion must remove); returns
+    the function replaced."""
+    real = getattr(module, name)
+
+    def purge_first(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        deleted = delete_purged(settings)
+        assert deletes is None or deleted == deletes
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, purge_first)
+    return real
+
+
 @pytest.fixture
 def purged(make_settings: Callable[..., Settings]) -> Settings:
     """An object in the cache whose copy a purge has marked (no instance
@@ -78,13 +94,7 @@ def test_an_object_sent_again_before_the_deletion_is_kept(purged: Settings) -> N
 def test_a_deletion_that_runs_while_the_object_arrives_does_not_lose_it(
         purged: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     # the deletion runs after the archive saw the file in its cache, before it recorded it
-    real = archive.store.keep_present
-
-    def purge_first(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        assert delete_purged(purged) == 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(archive.store, "keep_present", purge_first)
+    _purge_first(monkeypatch, archive.store, "keep_present", purged, deletes=1)
     assert accept_from_inbox(_send_to_inbox(purged), purged) == 1
     assert _in_cache(purged), "stored afresh from the inbox"
     assert _copies(purged) == [("cache", None)]
@@ -95,13 +105,7 @@ def test_a_deletion_that_runs_while_the_object_arrives_does_not_lose_it(
 def test_a_deletion_that_runs_just_before_the_copy_is_recorded_finds_nothing_to_delete(
         purged: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     # the mark is cleared before the archive looks at its cache a second time
-    real = archive.store.record_copies
-
-    def purge_first(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        delete_purged(purged)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(archive.store, "record_copies", purge_first)
+    _purge_first(monkeypatch, archive.store, "record_copies", purged)
     assert accept_from_inbox(_send_to_inbox(purged), purged) == 1
     assert _in_cache(purged) and _copies(purged) == [("cache", None)]
 
@@ -110,14 +114,8 @@ def test_over_http_too(purged: Settings, monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("PACS_DATA_DIR", str(purged.data_dir))
     monkeypatch.setenv("PACS_DATABASE_URL", purged.database_url)
     get_settings.cache_clear()
-    real = archive.server.keep_present
-
-    def purge_first(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        assert delete_purged(purged) == 1
-        return real(*args, **kwargs)
-
     try:
-        monkeypatch.setattr(archive.server, "keep_present", purge_first)
+        real = _purge_first(monkeypatch, archive.server, "keep_present", purged, deletes=1)
         with TestClient(archive.server.create_app()) as client:
             resp = client.put(f"/objects/{SHA}", content=DATA)
             assert resp.status_code == 201, "taken afresh, the cached file being gone"
