@@ -39,11 +39,11 @@ from dbserver.patients import PatientIdentityError, change_patient_id, merge_pat
 from dbserver.validation import revalidate_accession
 from dbserver.worklist import CANCELLED, COMPLETED, SCHEDULED, OrderFields, save_order, save_patient
 from services.db import run_in_transaction
-from services.mllp import FrameReader, FrameTooLarge, escape, frame
+from services.mllp import CharsetError, FrameReader, FrameTooLarge, declared_charset, decode_message, escape, frame
 from services.net import accept_loop
 from services.settings import Settings
 
-__all__ = ["FrameReader", "FrameTooLarge", "Hl7Listener", "frame", "handle", "start"]
+__all__ = ["FrameReader", "FrameTooLarge", "Hl7Listener", "frame", "handle", "respond", "start"]
 
 LOG = logging.getLogger(__name__)
 
@@ -116,13 +116,37 @@ def _person_name(msg: hl7.Message, segment: str, field: int) -> str:
 _SEX = {"M": "M", "F": "F", "O": "O", "U": "", "A": "O", "N": ""}
 
 
+def _repetitions(msg: hl7.Message, segment: str, field: int) -> int:
+    try:
+        value = msg.segment(segment)[field]
+    except (KeyError, IndexError):
+        return 0
+    # python-hl7 makes a field with components a Field of Repetitions
+    return len(value) if isinstance(value, hl7.Field) and value and isinstance(value[0], hl7.Repetition) else 1
+
+
+def _identifier(msg: hl7.Message, segment: str, field: int, issuer: str) -> tuple[str, str]:
+    """The patient identifier (CX) of a PID-3 or MRG-1 that may list several
+    (MRN~national ID~…): the one whose assigning authority (CX.4) is the
+    domain's, else the first of type MR (CX.5), else the first."""
+    found = [(_field(msg, segment, field, 1, n), _field(msg, segment, field, 4, n),
+              _field(msg, segment, field, 5, n).upper())
+             for n in range(1, max(1, _repetitions(msg, segment, field)) + 1)]
+    found = [f for f in found if f[0]]
+    if not found:
+        return "", ""
+    chosen = next((f for f in found if issuer and f[1] == issuer), None) or next(
+        (f for f in found if f[2] == "MR"), found[0])
+    return chosen[0], chosen[1] or issuer
+
+
 def _patient_fields(msg: hl7.Message, issuer: str) -> dict[str, str]:
-    patient_id = _field(msg, "PID", 3, 1)
+    patient_id, patient_issuer = _identifier(msg, "PID", 3, issuer)
     if not patient_id:
         raise Hl7Error("PID-3 (patient identifier) is missing", "PID^1^3", "101")
     return {
         "patient_id": patient_id,
-        "issuer_of_patient_id": _field(msg, "PID", 3, 4) or issuer,
+        "issuer_of_patient_id": patient_issuer,
         "patient_name": _person_name(msg, "PID", 5),
         "patient_birth_date": _date(_field(msg, "PID", 7), "PID-7"),
         "patient_sex": _SEX.get(_field(msg, "PID", 8).upper()[:1], ""),
@@ -146,10 +170,10 @@ def apply_adt(session: Session, msg: hl7.Message, issuer: str, settings: Setting
 
 
 def _prior(msg: hl7.Message, issuer: str) -> tuple[str, str]:
-    prior_id = _field(msg, "MRG", 1, 1)
+    prior_id, prior_issuer = _identifier(msg, "MRG", 1, issuer)
     if not prior_id:
         raise Hl7Error("MRG-1 (prior patient identifier) is missing", "MRG^1^1", "101")
-    return prior_id, _field(msg, "MRG", 1, 4) or issuer
+    return prior_id, prior_issuer
 
 
 def apply_merge(session: Session, msg: hl7.Message, issuer: str, settings: Settings) -> str:
@@ -195,7 +219,8 @@ def apply_order(session: Session, msg: hl7.Message, issuer: str, settings: Setti
         start = _datetime(_field(msg, "TQ1", 7), "TQ1-7") if _has_segment(msg, "TQ1") else None
     else:  # ORM^O01 as IHE Scheduled Workflow fills it
         accession = _field(msg, "OBR", 18) or _field(msg, "ORC", 3) or _field(msg, "OBR", 3)
-        procedure_id, study_uid = _field(msg, "OBR", 19), ""
+        # IHE RAD-4 carries the Study Instance UID the RIS assigned in ZDS-1
+        procedure_id, study_uid = _field(msg, "OBR", 19), _field(msg, "ZDS", 1)
         step_id, modality = _field(msg, "OBR", 20), _field(msg, "OBR", 24)
         station_name, station_ae = "", _field(msg, "OBR", 21)
         start = _datetime(_field(msg, "ORC", 7, 4) or _field(msg, "OBR", 27, 4) or _field(msg, "OBR", 36),
@@ -246,13 +271,14 @@ def _log(session: Session, raw: str, remote: str, msg: hl7.Message | None, ack: 
         sending_facility=_field(msg, "MSH", 4) if msg else ""))
 
 
-def _ack(msg: hl7.Message | None, code: str, text: str = "", error: Hl7Error | None = None) -> str:
+def _ack(msg: hl7.Message | None, code: str, text: str = "", error: Hl7Error | None = None,
+         charset: str = "") -> str:
     now = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
     control = hl7.generate_message_control_id()
     if msg is not None:
         head = (f"MSH|^~\\&|{_field(msg, 'MSH', 5)}|{_field(msg, 'MSH', 6)}|{_field(msg, 'MSH', 3)}|"
                 f"{_field(msg, 'MSH', 4)}|{now}||ACK^{_field(msg, 'MSH', 9, 2)}^ACK|{control}|P|"
-                f"{_field(msg, 'MSH', 12) or '2.5'}")
+                f"{_field(msg, 'MSH', 12) or '2.5'}" + (f"||||||{charset}" if charset else ""))
         acked = _field(msg, "MSH", 10)
     else:
         head = f"MSH|^~\\&|PACS||||{now}||ACK|{control}|P|2.5"
@@ -281,13 +307,23 @@ def _check_delimiters(raw: str) -> None:
 
 def handle(raw_bytes: bytes, settings: Settings, remote: str = "") -> str:
     """Apply one message; return the ACK to send."""
-    try:
-        raw = raw_bytes.decode("utf-8")
-    except UnicodeDecodeError:
-        raw = raw_bytes.decode("latin-1")
-    raw = raw.replace("\r\n", "\r").replace("\n", "\r").strip("\r")
+    return respond(raw_bytes, settings, remote)[0]
+
+
+def respond(raw_bytes: bytes, settings: Settings, remote: str = "") -> tuple[str, str]:
+    """Apply one message; return the ACK and the codec to send it in (that
+    of the message: MSH-18, else PACS_HL7_DEFAULT_CHARSET, else UTF-8)."""
     msg: hl7.Message | None = None
+    charset = ""
     try:
+        try:
+            raw, encoding = decode_message(raw_bytes, settings.hl7_default_charset)
+            charset = declared_charset(raw_bytes)
+        except CharsetError as exc:
+            raw, encoding = raw_bytes.decode("latin-1"), "utf-8"
+            raise Hl7Reject(str(exc)) from None
+        finally:
+            raw = raw.replace("\r\n", "\r").replace("\n", "\r").strip("\r")
         if not raw.startswith("MSH") or len(raw) < 8:
             raise Hl7Reject("the message does not start with an MSH segment")
         _check_delimiters(raw)
@@ -309,16 +345,28 @@ def handle(raw_bytes: bytes, settings: Settings, remote: str = "") -> str:
 
         what = run_in_transaction(work, settings)
         LOG.info("HL7 %s from %s applied: %s", "^".join(kind), remote, what)
-        return _ack(msg, "AA")
+        return _ack(msg, "AA", charset=charset), encoding
     except Hl7Reject as exc:
         code, error, text = "AR", None, str(exc)
+        if msg is None:
+            msg = _parse_quietly(raw)  # the header, to answer its MSH-10 when it can be read
     except Hl7Error as exc:
         code, error, text = "AE", exc, str(exc)
     except ValueError as exc:
         code, error, text = "AE", Hl7Error(str(exc)), str(exc)
     LOG.warning("HL7 message from %s answered %s: %s", remote, code, text)
     run_in_transaction(lambda s: _log(s, raw, remote, msg, code, text), settings)
-    return _ack(msg, code, text, error)
+    return _ack(msg, code, text, error, charset=charset), encoding
+
+
+def _parse_quietly(raw: str) -> hl7.Message | None:
+    try:
+        if not raw.startswith("MSH"):
+            return None
+        _check_delimiters(raw)
+        return hl7.parse(raw)
+    except Exception:  # noqa: BLE001 - an answer without MSH-10 then
+        return None
 
 
 # --- the listener ---------------------------------------------------------------------------
@@ -345,7 +393,8 @@ class Hl7Listener:
                 if not data:
                     return
                 for message in reader.feed(data):
-                    conn.sendall(frame(handle(message, self.settings, remote)))
+                    ack, encoding = respond(message, self.settings, remote)
+                    conn.sendall(frame(ack, encoding))
         except FrameTooLarge as exc:
             LOG.warning("HL7 connection from %s closed: %s", remote, exc)
         except (TimeoutError, OSError) as exc:

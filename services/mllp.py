@@ -49,8 +49,64 @@ class FrameReader:
             del self.buf[:end + 2]
 
 
-def frame(message: str) -> bytes:
-    return bytes([VT]) + message.encode("utf-8") + bytes([FS, CR])
+def frame(message: str, encoding: str = "utf-8") -> bytes:
+    return bytes([VT]) + message.encode(encoding, errors="replace") + bytes([FS, CR])
+
+
+# HL7 table 0211 (MSH-18) → Python codec. UTF-16/32 are left out: their MSH
+# is not ASCII, so no receiver can read MSH-18 before knowing the answer.
+CHARSETS = {
+    "ASCII": "ascii", "UNICODE": "utf-8", "UNICODE UTF-8": "utf-8",
+    **{f"8859/{n}": f"iso8859_{n}" for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 15)},
+    "ISO IR87": "iso2022_jp", "ISO IR159": "iso2022_jp_2", "ISO IR14": "shift_jis",
+    "GB 18030-2000": "gb18030", "KS X 1001": "euc_kr", "BIG-5": "big5",
+}
+
+
+class CharsetError(ValueError):
+    """MSH-18 names a character set that is not in :data:`CHARSETS`."""
+
+
+def codec(charset: str) -> str | None:
+    """The Python codec of an HL7 character set name ('' → None)."""
+    name = " ".join(charset.split()).upper()
+    if not name:
+        return None
+    if name not in CHARSETS:
+        raise CharsetError(f"character set {charset!r} is not one of {', '.join(CHARSETS)}")
+    return CHARSETS[name]
+
+
+def declared_charset(data: bytes) -> str:
+    """MSH-18's first repetition, read from the raw bytes (every charset of
+    :data:`CHARSETS` keeps the MSH segment's ASCII as it is)."""
+    if not data.startswith(b"MSH") or len(data) < 8:
+        return ""
+    head = data.replace(b"\n", b"\r").split(b"\r", 1)[0].decode("latin-1")
+    fields = head.split(head[3])
+    if len(fields) < 18:
+        return ""
+    return fields[17].split(head[5], 1)[0].strip() if len(head) > 5 else fields[17].strip()
+
+
+def decode_message(data: bytes, default_charset: str = "") -> tuple[str, str]:
+    """A message's text and the codec it was read with: MSH-18 when it
+    names a character set, else ``default_charset``, else UTF-8 or (bytes
+    that are not UTF-8) ISO 8859-1. Raises :class:`CharsetError` for an
+    unknown MSH-18 or bytes that are not in the set it names (ASCII, the
+    HL7 default, is taken as "not said")."""
+    declared = declared_charset(data) or default_charset
+    name = codec(declared)
+    if name in (None, "ascii"):  # the HL7 default, which many senders name and then exceed
+        try:
+            return data.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            return data.decode("latin-1"), "iso8859_1"
+    try:
+        return data.decode(name), name
+    except UnicodeDecodeError as exc:
+        raise CharsetError(f"the message is not in {declared} "
+                           f"(MSH-18): byte {exc.start} is {data[exc.start:exc.start + 1]!r}") from None
 
 
 def escape(text: str) -> str:

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     hl7_port: int = Field(2575, ge=1, le=65535)
     hl7_max_message_bytes: int = Field(1024 * 1024, ge=1024)
     hl7_idle_seconds: float = Field(300.0, gt=0)
+    # character set of messages whose MSH-18 names none (HL7 table 0211, e.g. 8859/1);
+    # "" → UTF-8, else ISO 8859-1 when the bytes are not UTF-8
+    hl7_default_charset: str = ""
     hl7_facility: str = "PACS"  # MSH-4 of what we send
     # reports to the RIS: retried with exponential backoff up to this long between attempts
     hl7_retry_max_seconds: float = Field(300.0, gt=0)
@@ -106,6 +109,14 @@ class Settings(BaseSettings):
         if not 1 <= len(value) <= 16 or "\\" in value or not value.isprintable():
             raise ValueError("an AE title is 1 to 16 printable characters, no backslash")
         return value
+
+    @field_validator("hl7_default_charset")
+    @classmethod
+    def _check_charset(cls, value: str) -> str:
+        from services.mllp import codec  # noqa: PLC0415 - mllp is light, settings load first
+
+        codec(value)
+        return value.strip()
 
     @field_validator("webcache_url")
     @classmethod

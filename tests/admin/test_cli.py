@@ -151,7 +151,8 @@ def test_unknown_or_malformed_study_uid(c: Cluster, tmp_path: Path, command: str
 
 
 @pytest.mark.parametrize(("variable", "value"), [("PACS_DICOM_PORT", "abc"), ("PACS_DICOM_PORT", "70000"),
-                                                 ("PACS_DUPLICATE_POLICY", "keep-last")])
+                                                 ("PACS_DUPLICATE_POLICY", "keep-last"),
+                                                 ("PACS_HL7_DEFAULT_CHARSET", "EBCDIC")])
 def test_bad_setting_exits_2_naming_it(tmp_path: Path, variable: str, value: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
     env.update(PACS_DATA_DIR=str(tmp_path / "data"), COLUMNS="300", **{variable: value})

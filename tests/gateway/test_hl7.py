@@ -9,6 +9,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 
+import hl7
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -194,3 +195,75 @@ def test_no_msh_and_oversized_messages(ris_cluster: Cluster) -> None:
     assert closed, "an oversized message closes its connection"
     assert ("P600", "HOSP_A") not in patients(ris_cluster)
     assert ack_code(send(ris_cluster, adt("A08", "AFTER", "P601", "STILL^SERVING"))) == "AA"
+
+
+def _send_bytes(c: Cluster, message: bytes) -> bytes:
+    """One message as these exact bytes; the ACK's bytes."""
+    with _raw(c) as s:
+        s.sendall(VT + message + FS + CR)
+        reader, acks = FrameReader(1 << 20), []
+        while not acks:
+            data = s.recv(65536)
+            assert data, "the listener closed the connection without an ACK"
+            acks = reader.feed(data)
+    return acks[0]
+
+
+def _with_charset(message: str, charset: str) -> str:
+    """The message with MSH-18 set (MSH-13 to MSH-17 empty)."""
+    head, rest = message.split("\r", 1)
+    return f"{head}||||||{charset}\r{rest}"
+
+
+@pytest.mark.parametrize(("charset", "codec", "name"), [
+    ("8859/1", "iso8859_1", "MÜLLER^JÖRG"),
+    ("8859/5", "iso8859_5", "ИВАНОВ^ИВАН"),
+    ("8859/7", "iso8859_7", "ΠΑΠΑΔΟΠΟΥΛΟΣ^ΝΙΚΟΣ"),
+    ("UNICODE UTF-8", "utf-8", "ŁÓDŹ^ŻANETA"),
+    ("", "utf-8", "GARCÍA^JOSÉ"),  # no MSH-18: UTF-8 when the bytes are UTF-8
+    ("", "iso8859_1", "FRANÇOIS^AIMÉE"),  # … else ISO 8859-1
+])
+def test_messages_are_read_in_the_character_set_they_name(ris_cluster: Cluster, charset: str, codec: str,
+                                                           name: str) -> None:
+    pid = f"CS-{codec}-{bool(charset)}"
+    message = adt("A08", f"CS-{pid}", pid, name)
+    ack = _send_bytes(ris_cluster, (_with_charset(message, charset) if charset else message).encode(codec))
+    assert f"MSA|AA|CS-{pid}".encode() in ack
+    if charset:  # the ACK names the character set it is written in
+        assert hl7.parse(ack.decode(codec)).segment("MSH")[18][0] == charset
+    assert patients(ris_cluster)[(pid, "HOSP_A")]["patient_name"] == name
+
+
+@pytest.mark.parametrize(("charset", "says"), [
+    ("EBCDIC", "character set 'EBCDIC' is not one of"),
+    ("UNICODE UTF-8", "is not in UNICODE UTF-8"),  # the bytes below are ISO 8859-1
+])
+def test_an_unknown_or_false_character_set_is_rejected(ris_cluster: Cluster, charset: str, says: str) -> None:
+    message = _with_charset(adt("A08", "CS-BAD", "CS-BAD", "MÜLLER^MIA"), charset)
+    ack = _send_bytes(ris_cluster, message.encode("iso8859_1")).decode()
+    assert "MSA|AR|CS-BAD" in ack and says in ack
+    assert ("CS-BAD", "HOSP_A") not in patients(ris_cluster)
+
+
+def test_the_domains_identifier_is_taken_from_a_list(ris_cluster: Cluster) -> None:
+    """PID-3 lists several identifiers: the one of the domain's assigning
+    authority, else the medical record number, else the first."""
+    ris_cluster.pacs("ris", "domain", "add", "NORTH_MRN", "--facility", "HOSP_N")
+    listed = adt("A04", "ID-1", "SSN-1^^^SSA^SS~MRN-1^^^HOSP_E^MR~N-1^^^NORTH_MRN^PI", "LIST^LEA",
+                 facility="HOSP_N")
+    assert ack_code(send(ris_cluster, listed)) == "AA"
+    assert ack_code(send(ris_cluster, adt("A04", "ID-2", "SSN-2^^^SSA^SS~MRN-2^^^HOSP_E^MR", "LIST^LIV",
+                                          facility="HOSP_E"))) == "AA"
+    found = patients(ris_cluster)
+    assert found[("N-1", "NORTH_MRN")]["patient_name"] == "LIST^LEA"
+    assert found[("MRN-2", "HOSP_E")]["patient_name"] == "LIST^LIV"
+    assert not {("SSN-1", "SSA"), ("SSN-2", "SSA"), ("MRN-1", "HOSP_E")} & set(found)
+
+
+def test_orm_takes_the_study_uid_the_ris_assigned(ris_cluster: Cluster) -> None:
+    """IHE RAD-4: ZDS-1 carries the Study Instance UID; the worklist serves it."""
+    message = orm("ZDS-1", "NW", "A900") + "ZDS|1.2.826.0.1.3680043.8.498.900^100^Application^DICOM\r"
+    assert ack_code(send(ris_cluster, message)) == "AA"
+    assert orders(ris_cluster)["A900"]["study_instance_uid"] == "1.2.826.0.1.3680043.8.498.900"
+    assert ack_code(send(ris_cluster, orm("ZDS-2", "NW", "A901"))) == "AA"
+    assert orders(ris_cluster)["A901"]["study_instance_uid"].startswith("2.25.")  # none given: ours
