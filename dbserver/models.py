@@ -289,6 +289,10 @@ class Order(Base):
     filler_order_number: Mapped[str] = mapped_column(String(64), default="")
     requested_procedure_id: Mapped[str] = mapped_column(String(16), default="")
     requested_procedure_description: Mapped[str] = mapped_column(String(64), default="")
+    # the procedure as a code (HL7 OBR-4.1 and OBR-4.3): the worklist's
+    # Requested Procedure and Scheduled Protocol Code Sequences
+    procedure_code_value: Mapped[str] = mapped_column(String(16), default="")
+    procedure_coding_scheme: Mapped[str] = mapped_column(String(16), default="")
     scheduled_procedure_step_id: Mapped[str] = mapped_column(String(16), default="")
     scheduled_procedure_step_description: Mapped[str] = mapped_column(String(64), default="")
     modality: Mapped[str] = mapped_column(String(16), default="")

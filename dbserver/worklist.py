@@ -43,6 +43,8 @@ class OrderFields:
     filler_order_number: str = ""
     requested_procedure_id: str = ""
     requested_procedure_description: str = ""
+    procedure_code_value: str = ""
+    procedure_coding_scheme: str = ""
     scheduled_procedure_step_id: str = ""
     scheduled_procedure_step_description: str = ""
     modality: str = ""
@@ -58,6 +60,7 @@ class OrderFields:
 
 _ORDER_COLUMNS = (
     "placer_order_number", "filler_order_number", "requested_procedure_id", "requested_procedure_description",
+    "procedure_code_value", "procedure_coding_scheme",
     "scheduled_procedure_step_id", "scheduled_procedure_step_description", "modality",
     "scheduled_station_ae_title", "scheduled_station_name", "scheduled_start",
     "scheduled_performing_physician_name", "referring_physician_name", "status", "source",
@@ -228,11 +231,35 @@ def _values(order: Order, patient: Patient) -> tuple[dict[str, str], dict[str, s
     return top, sps
 
 
-def _fill(target: Dataset, query: Dataset, values: dict[str, str]) -> None:
+def _code(order: Order, query: Dataset, keyword: str) -> Sequence:
+    """The order's procedure code as a code sequence item, with the
+    attributes the query's item asked for (all three when it asked none)."""
+    if not order.procedure_code_value:
+        return Sequence()
+    asked = query.get(keyword)
+    wanted = asked[0] if asked else Dataset()
+    values = {"CodeValue": order.procedure_code_value,
+              "CodingSchemeDesignator": order.procedure_coding_scheme or "99RIS",
+              "CodeMeaning": order.requested_procedure_description[:64] or order.procedure_code_value}
+    item = Dataset()
+    for name, value in values.items():
+        if not len(wanted) or name in wanted:
+            setattr(item, name, value)
+    return Sequence([item])
+
+
+_CODES = ("RequestedProcedureCodeSequence", "ScheduledProtocolCodeSequence")
+
+
+def _fill(target: Dataset, query: Dataset, values: dict[str, str], order: Order) -> None:
     """Every key the query asked for: our value, or zero length if we have
-    none (PS3.4 K.6.1.2.2)."""
+    none (PS3.4 K.6.1.2.2); a sequence we do not keep comes back empty."""
     for elem in query:
-        if elem.keyword in ("ScheduledProcedureStepSequence", "SpecificCharacterSet") or elem.VR == "SQ":
+        if elem.keyword in ("ScheduledProcedureStepSequence", "SpecificCharacterSet"):
+            continue
+        if elem.VR == "SQ":
+            target.add_new(elem.tag, "SQ", _code(order, query, elem.keyword) if elem.keyword in _CODES
+                           else Sequence())
             continue
         target.add_new(elem.tag, elem.VR, values.get(elem.keyword, "") or None)
 
@@ -241,10 +268,10 @@ def _item(query: Dataset, sps_query: Dataset, order: Order, patient: Patient) ->
     top, sps = _values(order, patient)
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"
-    _fill(ds, query, top)
+    _fill(ds, query, top, order)
     if "ScheduledProcedureStepSequence" in query:
         item = Dataset()
-        _fill(item, sps_query, sps)
+        _fill(item, sps_query, sps, order)
         ds.ScheduledProcedureStepSequence = Sequence([item])
     return ds
 
@@ -263,6 +290,7 @@ def list_orders(settings: Settings, status: str | None = None) -> list[dict[str,
             "patient_name": p.patient_name, "study_instance_uid": o.study_instance_uid,
             "requested_procedure_id": o.requested_procedure_id,
             "requested_procedure_description": o.requested_procedure_description,
+            "procedure_code_value": o.procedure_code_value, "procedure_coding_scheme": o.procedure_coding_scheme,
             "modality": o.modality, "scheduled_station_ae_title": o.scheduled_station_ae_title,
             "scheduled_start": o.scheduled_start.isoformat() if o.scheduled_start else None,
             "status": o.status, "source": o.source,

@@ -241,6 +241,7 @@ def apply_order(session: Session, msg: hl7.Message, issuer: str, settings: Setti
         placer_order_number=_field(msg, "ORC", 2), filler_order_number=_field(msg, "ORC", 3),
         requested_procedure_id=procedure_id[:16],
         requested_procedure_description=_field(msg, "OBR", 4, 2)[:64],
+        procedure_code_value=_field(msg, "OBR", 4, 1)[:16], procedure_coding_scheme=_field(msg, "OBR", 4, 3)[:16],
         scheduled_procedure_step_id=step_id[:16],
         scheduled_procedure_step_description=_field(msg, "OBR", 4, 2)[:64],
         modality=modality[:16], scheduled_station_ae_title=station_ae[:16],

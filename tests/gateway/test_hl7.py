@@ -110,12 +110,14 @@ def test_omi_with_ipc_and_status_change(ris_cluster: Cluster) -> None:
     omi = "\r".join([
         msh("OMI^O23", "OMI-1"), "PID|1||P200||OMI^OSCAR||19900303|M",
         "ORC|NW|PL-9|FI-9", "TQ1|1||||||202611250800",
-        "OBR|1|PL-9|FI-9|MRBRAIN^MR brain",
+        "OBR|1|PL-9|FI-9|MRBRAIN^MR brain^99RIS",
         "IPC|A200|RP-200|1.2.826.0.1.3680043.8.498.99|SPS-200|MR||MR ROOM 2||MR02"]) + "\r"
     assert ack_code(send(ris_cluster, omi)) == "AA"
     order = orders(ris_cluster)["A200"]
     assert order["study_instance_uid"] == "1.2.826.0.1.3680043.8.498.99"
     assert order["scheduled_station_ae_title"] == "MR02" and order["requested_procedure_id"] == "RP-200"
+    assert (order["procedure_code_value"], order["procedure_coding_scheme"],
+            order["requested_procedure_description"]) == ("MRBRAIN", "99RIS", "MR brain")
     done = orm("ORM-9", "SC", "A200", pid="P200", name="OMI^OSCAR", status="CM")
     assert ack_code(send(ris_cluster, done)) == "AA"
     assert orders(ris_cluster)["A200"]["status"] == "completed"

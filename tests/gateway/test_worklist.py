@@ -37,6 +37,11 @@ def worklist_cluster(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
             patient_sex="O", modality=modality, scheduled_station_ae_title=station, scheduled_start=start,
             requested_procedure_id=f"RP-{acc}", requested_procedure_description=f"{modality} exam",
             scheduled_procedure_step_id=f"SPS-{acc}", status=status))
+    uids["ACC-6"] = create_order(settings, OrderFields(
+        accession_number="ACC-6", patient_id="P6", patient_name="CODE^CORA", modality="CT",
+        scheduled_station_ae_title="CT02", scheduled_start=TODAY + timedelta(days=10),
+        requested_procedure_description="CT chest with contrast", procedure_code_value="CTCHESTC",
+        procedure_coding_scheme="99RIS"))
     c.order_uids = uids  # type: ignore[attr-defined]
     yield c
     c.destroy()
@@ -67,7 +72,7 @@ def accessions(items: list[pydicom.Dataset]) -> set[str]:
 
 def test_all_scheduled_orders_without_keys(worklist_cluster: Cluster, tmp_path: Path) -> None:
     items = findscu(worklist_cluster, tmp_path)
-    assert accessions(items) == {"ACC-1", "ACC-2", "ACC-3", "ACC-5"}  # ACC-4 is cancelled
+    assert accessions(items) == {"ACC-1", "ACC-2", "ACC-3", "ACC-5", "ACC-6"}  # ACC-4 is cancelled
 
 
 def test_patient_name_wildcard(worklist_cluster: Cluster, tmp_path: Path) -> None:
@@ -87,7 +92,7 @@ def test_date_range_and_modality(worklist_cluster: Cluster, tmp_path: Path) -> N
     assert accessions(ct_today) == {"ACC-1"}
     open_range = findscu(worklist_cluster, tmp_path / "open",
                          f"ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate={tomorrow}-")
-    assert accessions(open_range) == {"ACC-2", "ACC-3"}
+    assert accessions(open_range) == {"ACC-2", "ACC-3", "ACC-6"}
     morning = findscu(worklist_cluster, tmp_path / "am",
                       f"ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartDate={today}",
                       "ScheduledProcedureStepSequence[0].ScheduledProcedureStepStartTime=-1200")
@@ -105,6 +110,24 @@ def test_station_ae_and_return_keys(worklist_cluster: Cluster, tmp_path: Path) -
     assert sps.ScheduledProcedureStepStartDate == (TODAY + timedelta(days=1)).strftime("%Y%m%d")
     assert sps.ScheduledProcedureStepID == "SPS-ACC-2"
     assert "PatientWeight" in ds and ds.PatientWeight in (None, "")  # asked for, not known: zero length
+
+
+def test_procedure_codes_and_sequences_asked_for(worklist_cluster: Cluster, tmp_path: Path) -> None:
+    """Modalities pick their protocol from the Requested Procedure and
+    Scheduled Protocol Code Sequences; a sequence we keep nothing for comes
+    back empty rather than missing."""
+    items = findscu(worklist_cluster, tmp_path, "AccessionNumber=ACC-6", "RequestedProcedureCodeSequence",
+                    "ScheduledProcedureStepSequence[0].ScheduledProtocolCodeSequence[0].CodeValue",
+                    "ReferencedStudySequence")
+    [ds] = items
+    [code] = ds.RequestedProcedureCodeSequence
+    assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == (
+        "CTCHESTC", "99RIS", "CT chest with contrast")
+    [protocol] = ds.ScheduledProcedureStepSequence[0].ScheduledProtocolCodeSequence
+    assert protocol.CodeValue == "CTCHESTC" and "CodeMeaning" not in protocol  # only what was asked
+    assert "ReferencedStudySequence" in ds and len(ds.ReferencedStudySequence) == 0
+    uncoded = findscu(worklist_cluster, tmp_path / "b", "AccessionNumber=ACC-1", "RequestedProcedureCodeSequence")
+    assert len(uncoded[0].RequestedProcedureCodeSequence) == 0
 
 
 def test_non_ascii_names_travel_as_utf8(worklist_cluster: Cluster, tmp_path: Path) -> None:
@@ -145,7 +168,7 @@ def test_malformed_date_key_gets_a_failure_with_comment(worklist_cluster: Cluste
 
 def test_ris_cli_lists_orders_and_patients(worklist_cluster: Cluster) -> None:
     orders = worklist_cluster.pacs_json("ris", "orders")
-    assert {o["accession_number"] for o in orders} == {"ACC-1", "ACC-2", "ACC-3", "ACC-4", "ACC-5"}
+    assert {o["accession_number"] for o in orders} == {"ACC-1", "ACC-2", "ACC-3", "ACC-4", "ACC-5", "ACC-6"}
     assert {o["accession_number"] for o in worklist_cluster.pacs_json("ris", "orders", "--status", "cancelled")} \
         == {"ACC-4"}
     names = {p["patient_name"] for p in worklist_cluster.pacs_json("ris", "patients")}
