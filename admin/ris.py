@@ -254,7 +254,7 @@ def report_list(study_uid: str, as_json: JsonOpt = False) -> None:
 @hl7_app.command("outbox")
 def hl7_outbox(
     as_json: JsonOpt = False,
-    state: Annotated[Optional[str], typer.Option(help="waiting or sent")] = None,
+    state: Annotated[Optional[str], typer.Option(help="waiting, sent or cancelled")] = None,
 ) -> None:
     """HL7 messages queued for the RIS: waiting (with the last error and next attempt) or sent."""
     from dbserver.reports import list_outbox
@@ -263,3 +263,45 @@ def hl7_outbox(
     _ready(settings)
     _rows(list_outbox(settings, state), ["id", "message_control_id", "message_type", "state", "attempts",
                                          "destination", "next_attempt_at", "sent_at", "last_error"], as_json)
+
+
+@hl7_app.command("retry")
+def hl7_retry(
+    messages: Annotated[Optional[list[str]], typer.Argument(help="outbox ids or message control IDs")] = None,
+    every: Annotated[bool, typer.Option("--all", help="every waiting message")] = False,
+) -> None:
+    """Send waiting messages now instead of after their backoff.
+
+    Say, once the RIS is back or its destination fixed. A cancelled message is queued again."""
+    from dbserver.reports import OutboxError, retry_outbox
+
+    if bool(messages) == every:
+        _fail("name the messages to retry, or give --all", 2)
+    settings = _settings()
+    _ready(settings)
+    try:
+        retried = retry_outbox(settings, messages or [])
+    except OutboxError as exc:
+        _fail(str(exc), 2)
+    except LookupError as exc:
+        _fail(str(exc).strip("'\""))
+    out.print(f"{len(retried)} message(s) due now: {', '.join(retried)}" if retried else "nothing is waiting")
+
+
+@hl7_app.command("cancel")
+def hl7_cancel(
+    message: Annotated[str, typer.Argument(help="outbox id or message control ID")],
+    reason: Annotated[str, typer.Option(help="why it will not be sent (audited)")],
+) -> None:
+    """Stop delivering a message the RIS will never take; the report stays, marked not sent."""
+    from dbserver.reports import OutboxError, cancel_outbox
+
+    settings = _settings()
+    _ready(settings)
+    try:
+        control_id = cancel_outbox(settings, message, reason)
+    except OutboxError as exc:
+        _fail(str(exc), 2)
+    except LookupError as exc:
+        _fail(str(exc).strip("'\""))
+    out.print(f"{control_id} cancelled: it will not be sent")

@@ -372,7 +372,7 @@ class Hl7Outbox(Base):
     report_fk: Mapped[int | None] = mapped_column(ForeignKey("reports.id"), nullable=True)
     issuer: Mapped[str] = mapped_column(String(64), default="")  # the domain it goes to
     raw: Mapped[str] = mapped_column(Text)
-    state: Mapped[str] = mapped_column(String(8), default="waiting")  # waiting | sent
+    state: Mapped[str] = mapped_column(String(16), default="waiting")  # waiting | sent | cancelled
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
     lease_until: Mapped[datetime | None] = mapped_column(TS, nullable=True)

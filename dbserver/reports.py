@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from dbserver.domains import report_domain
@@ -28,6 +28,7 @@ from services.settings import Settings
 FINAL = "final"
 REPORTED = "reported"
 MAX_REPORT_CHARS = 1_000_000
+WAITING, SENT, CANCELLED = "waiting", "sent", "cancelled"  # states of an outbox message
 
 
 class ReportError(ValueError):
@@ -98,7 +99,7 @@ def add_report(settings: Settings, study_uid: str, text: str, author: str, actor
         session.add(Hl7Outbox(message_control_id=control_id, message_type="ORU^R01", report_fk=report.id,
                               issuer=domain.issuer if domain else issuer,
                               raw=oru_message(report, study, patient, order, domain, settings, control_id),
-                              state="waiting", attempts=0, next_attempt_at=now, created_at=now,
+                              state=WAITING, attempts=0, next_attempt_at=now, created_at=now,
                               last_error="" if domain else "no RIS domain with a report destination yet "
                               "(pacs ris domain add ISSUER --report-host H --report-port P)"))
         study.reading_status = REPORTED
@@ -119,10 +120,65 @@ def list_outbox(settings: Settings, state: str | None = None) -> list[dict[str, 
             query = query.where(Hl7Outbox.state == state)
         return [{"id": m.id, "message_control_id": m.message_control_id, "message_type": m.message_type,
                  "issuer": m.issuer, "state": m.state, "attempts": m.attempts,
-                 "next_attempt_at": m.next_attempt_at.isoformat() if m.state == "waiting" else None,
+                 "next_attempt_at": m.next_attempt_at.isoformat() if m.state == WAITING else None,
                  "destination": m.destination, "last_error": m.last_error,
-                 "created_at": m.created_at.isoformat(), "sent_at": m.sent_at.isoformat() if m.sent_at else None}
+                 "created_at": m.created_at.isoformat(), "sent_at": m.sent_at.isoformat() if m.sent_at else None,
+                 "report_id": m.report_fk}
                 for m in session.scalars(query)]
+
+
+class OutboxError(ValueError):
+    """The outbox message cannot be retried or cancelled (already sent)."""
+
+
+def _outbox_row(session: Session, key: str) -> Hl7Outbox:
+    """An outbox message by its id or its message control ID (MSH-10)."""
+    query = select(Hl7Outbox).where(Hl7Outbox.message_control_id == key)
+    if key.isdigit():
+        query = select(Hl7Outbox).where(or_(Hl7Outbox.id == int(key), Hl7Outbox.message_control_id == key))
+    row = session.scalars(query).first()
+    if row is None:
+        raise LookupError(f"no outbox message {key}")
+    return row
+
+
+def retry_outbox(settings: Settings, keys: list[str], actor: str | None = None) -> list[str]:
+    """Send these messages (every waiting one when ``keys`` is empty) at the
+    sender's next round instead of after their backoff; a cancelled message
+    is queued again. Returns their message control IDs."""
+
+    def work(session: Session) -> list[str]:
+        if keys:
+            rows = [_outbox_row(session, key) for key in keys]
+        else:
+            rows = list(session.scalars(select(Hl7Outbox).where(Hl7Outbox.state == WAITING)))
+        now = utcnow()
+        for row in rows:
+            if row.state == SENT:
+                raise OutboxError(f"{row.message_control_id} was delivered at {row.sent_at:%Y-%m-%d %H:%M:%S}")
+            before, row.state, row.next_attempt_at = row.state, WAITING, now
+            audit(session, "hl7-outbox-retry", "hl7-message", row.message_control_id, actor=actor, was=before)
+        return [row.message_control_id for row in rows]
+
+    return run_in_transaction(work, settings)
+
+
+def cancel_outbox(settings: Settings, key: str, reason: str, actor: str | None = None) -> str:
+    """Stop delivering a message (the RIS will never take it, or had it by
+    other means); the report stays, marked not sent. Audited with why."""
+    if not reason.strip():
+        raise OutboxError("say why (--reason): the cancellation is audited")
+
+    def work(session: Session) -> str:
+        row = _outbox_row(session, key)
+        if row.state == SENT:
+            raise OutboxError(f"{row.message_control_id} was delivered at {row.sent_at:%Y-%m-%d %H:%M:%S}")
+        row.state, row.lease_until = CANCELLED, None
+        audit(session, "hl7-outbox-cancel", "hl7-message", row.message_control_id, actor=actor,
+              reason=reason.strip(), attempts=row.attempts, last_error=row.last_error)
+        return row.message_control_id
+
+    return run_in_transaction(work, settings)
 
 
 def list_reports(settings: Settings, study_uid: str) -> list[dict[str, Any]]:
@@ -132,4 +188,5 @@ def list_reports(settings: Settings, study_uid: str) -> list[dict[str, Any]]:
                                .join(Hl7Outbox, Hl7Outbox.report_fk == Report.id, isouter=True)
                                .where(Study.study_instance_uid == study_uid).order_by(Report.id)).all()
         return [{"report_id": r.id, "status": r.status, "author": r.author, "created_at": r.created_at.isoformat(),
-                 "sent_to_ris": state == "sent", "text": r.text} for r, state in rows]
+                 "sent_to_ris": state == SENT,
+                 "delivery": state or "", "text": r.text} for r, state in rows]

@@ -21,8 +21,9 @@ from sqlalchemy.orm import Session
 
 from dbserver.domains import report_domain
 from dbserver.models import Hl7Message, Hl7Outbox, utcnow
+from dbserver.reports import SENT, WAITING
 from services.db import run_in_transaction, unit_of_work
-from services.mllp import MllpError, exchange
+from services.mllp import MllpError, escape, exchange
 from services.settings import Settings
 
 LOG = logging.getLogger(__name__)
@@ -35,13 +36,13 @@ def _claim(settings: Settings, limit: int) -> list[int]:
     lease = now + timedelta(seconds=3 * settings.hl7_send_timeout_seconds + 5)
     with unit_of_work(settings) as session:
         due = list(session.scalars(select(Hl7Outbox.id).where(
-            Hl7Outbox.state == "waiting", Hl7Outbox.next_attempt_at <= now,
+            Hl7Outbox.state == WAITING, Hl7Outbox.next_attempt_at <= now,
             or_(Hl7Outbox.lease_until.is_(None), Hl7Outbox.lease_until < now)).order_by(Hl7Outbox.id).limit(limit)))
     claimed = []
     for row_id in due:
         def take(session: Session, row_id: int = row_id) -> bool:
             return session.execute(update(Hl7Outbox).where(
-                Hl7Outbox.id == row_id, Hl7Outbox.state == "waiting",
+                Hl7Outbox.id == row_id, Hl7Outbox.state == WAITING,
                 or_(Hl7Outbox.lease_until.is_(None), Hl7Outbox.lease_until < now))
                 .values(lease_until=lease, attempts=Hl7Outbox.attempts + 1)).rowcount == 1
 
@@ -60,14 +61,27 @@ def _ack_code(answer: str) -> tuple[str, str]:
         return "", f"unparseable answer {answer[:80]!r}"
 
 
+def _addressed(raw: str, application: str, facility: str) -> str:
+    """The message with MSH-5 and MSH-6 (receiving application and
+    facility) as its domain names them now: a report queued before its
+    domain had a destination is addressed when it is sent."""
+    head, sep, rest = raw.partition("\r")
+    fields = head.split("|")
+    if len(fields) > 5:
+        fields[4], fields[5] = escape(application), escape(facility)
+    return "|".join(fields) + sep + rest
+
+
 def _send_one(settings: Settings, row_id: int) -> bool:
     with unit_of_work(settings) as session:
         msg = session.get(Hl7Outbox, row_id)
-        if msg is None or msg.state != "waiting":
+        if msg is None or msg.state != WAITING:
             return False
         raw, control_id, attempts, issuer = msg.raw, msg.message_control_id, msg.attempts, msg.issuer
         domain = report_domain(session, issuer)
         target = (domain.report_host, domain.report_port) if domain else None
+        if domain is not None:
+            raw = _addressed(raw, domain.receiving_application, domain.sending_facility)
     code, error, answer = "", "", ""
     if target is None:
         error = f"no RIS domain with a report destination for {issuer or 'this study'}"
@@ -86,7 +100,7 @@ def _send_one(settings: Settings, row_id: int) -> bool:
         now = utcnow()
         row.destination, row.lease_until = destination, None
         if code in ACCEPTED:
-            row.state, row.sent_at, row.last_error = "sent", now, ""
+            row.state, row.sent_at, row.last_error = SENT, now, ""
         else:
             delay = min(settings.hl7_retry_max_seconds, 2.0 ** min(attempts, 20))
             row.next_attempt_at, row.last_error = now + timedelta(seconds=delay), error[:2000]

@@ -95,3 +95,12 @@ def test_bad_reports_are_refused(cluster: Cluster, tmp_path: Path) -> None:
         res = cluster.pacs("report", "add", *args, check=False)
         assert res.returncode == code and says in res.stderr, (args, res.stderr)
     assert cluster.pacs_json("hl7", "outbox") == []
+    for args, code, says in [
+        (("retry",), 2, "--all"), (("retry", "7", "--all"), 2, "--all"),
+        (("retry", "PACS0000"), 1, "no outbox message PACS0000"),
+        (("cancel", "42", "--reason", "gone"), 1, "no outbox message 42"),
+        (("cancel", "42"), 2, "--reason"),
+    ]:
+        res = cluster.pacs("hl7", *args, check=False)
+        assert res.returncode == code and says in " ".join(res.stderr.split()), (args, res.stderr)
+    assert "nothing is waiting" in cluster.pacs("hl7", "retry", "--all").stdout
