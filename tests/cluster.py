@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
+from psycopg.rows import dict_row, tuple_row
 import redis as redis_lib
 
 from services.heartbeat import running_here
@@ -79,6 +81,15 @@ def redis_available() -> bool:
         return bool(redis_lib.Redis.from_url(REDIS_URL, socket_connect_timeout=3).ping())
     except redis_lib.RedisError:
         return False
+
+
+def need_backends() -> None:
+    missing = [name for name, ok in (("PostgreSQL", postgres_available()), ("Redis", redis_available())) if not ok]
+    if missing:
+        message = f"{' and '.join(missing)} not reachable on 127.0.0.1"
+        if require_services():
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 def create_pg_database() -> str:
@@ -149,24 +160,33 @@ class Cluster:
             time.sleep(0.3)
         raise TimeoutError(f"cluster not ready in {timeout}s:\n{self.log()[-4000:]}")
 
+    def sql(self, query: str, *params: Any, dicts: bool = False) -> list[Any]:
+        """Rows of one statement on the cluster's own database (SQLite file or
+        PostgreSQL), committed. ``?`` placeholders on both; rows as tuples,
+        or as dicts with ``dicts=True``."""
+        if self.pg_db:
+            with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{self.pg_db}", connect_timeout=5,
+                                 row_factory=dict_row if dicts else tuple_row) as db:
+                cur = db.execute(query.replace("?", "%s"), params)
+                return cur.fetchall() if cur.description else []
+        db = sqlite3.connect(self.data_dir / "pacs.db", timeout=30)
+        try:
+            if dicts:
+                db.row_factory = sqlite3.Row
+            with db:
+                rows = db.execute(query, params).fetchall()
+            return [dict(r) for r in rows] if dicts else rows
+        finally:
+            db.close()
+
     def _running_services(self) -> set[str]:
         """Services with a heartbeat row whose process runs (read straight
         from the database: polling ``pacs status`` would load the machine
         while the cluster starts)."""
-        query = "SELECT service, host, pid FROM service_heartbeats"
+        if not self.pg_db and not (self.data_dir / "pacs.db").exists():
+            return set()
         try:
-            if self.pg_db:
-                with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{self.pg_db}", connect_timeout=3) as db:
-                    rows = db.execute(query).fetchall()
-            else:
-                path = self.data_dir / "pacs.db"
-                if not path.exists():
-                    return set()
-                db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
-                try:
-                    rows = db.execute(query).fetchall()
-                finally:
-                    db.close()
+            rows = self.sql("SELECT service, host, pid FROM service_heartbeats")
         except (psycopg.Error, sqlite3.Error):
             return set()
         return {service for service, host, pid in rows if running_here(host, pid)}

@@ -17,19 +17,10 @@ from tests.cluster import (
     Cluster,
     create_pg_database,
     drop_pg_database,
+    need_backends,
     postgres_available,
-    redis_available,
     require_services,
 )
-
-
-def need_backends() -> None:
-    missing = [name for name, ok in (("PostgreSQL", postgres_available()), ("Redis", redis_available())) if not ok]
-    if missing:
-        message = f"{' and '.join(missing)} not reachable on 127.0.0.1"
-        if require_services():
-            pytest.fail(message)
-        pytest.skip(message)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -11,17 +11,14 @@ import gzip
 import json
 import os
 import signal
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import psycopg
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate, generate_frames
-from psycopg.rows import dict_row
 from pydicom.uid import generate_uid
 
 from curator import wavelet
@@ -65,14 +62,7 @@ def _study_files(folder: Path) -> tuple[str, dict[str, str]]:
 
 
 def _entries(c: Cluster) -> dict[str, dict]:
-    if c.pg_db:
-        with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{c.pg_db}", row_factory=dict_row) as db:
-            rows = db.execute("SELECT * FROM webcache_entries").fetchall()
-    else:
-        with sqlite3.connect(c.data_dir / "pacs.db") as db:
-            db.row_factory = sqlite3.Row
-            rows = [dict(r) for r in db.execute("SELECT * FROM webcache_entries")]
-    return {r["sop_instance_uid"]: r for r in rows}
+    return {r["sop_instance_uid"]: r for r in c.sql("SELECT * FROM webcache_entries", dicts=True)}
 
 
 def _archived_pixels(c: Cluster, study: dict, uid: str) -> np.ndarray:
@@ -140,8 +130,7 @@ def test_a_stored_study_is_curated_without_any_command(cluster: Cluster, tmp_pat
     after = _entries(cluster)
     assert all(after[uid]["curated_at"] > before[uid] for uid in before)
     uid_ct = next(u for u, n in names.items() if n == "CT_small.dcm")
-    with sqlite3.connect(cluster.data_dir / "pacs.db") as db:
-        db.execute("UPDATE webcache_entries SET codec_version = 0 WHERE sop_instance_uid = ?", (uid_ct,))
+    cluster.sql("UPDATE webcache_entries SET codec_version = 0 WHERE sop_instance_uid = ?", uid_ct)
     wait_until(lambda: _entries(cluster)[uid_ct]["codec_version"] == wavelet.FORMAT_VERSION
           and _entries(cluster)[uid_ct]["curated_at"] > after[uid_ct]["curated_at"], timeout=60)
     bad = cluster.pacs("curate", "1.2.3/../4", check=False)
@@ -247,9 +236,7 @@ def test_the_web_cache_can_live_in_s3_compatible_object_storage(
                and _entries(c)[victim["sop_instance_uid"]]["state"] == "done"
                and _entries(c)[victim["sop_instance_uid"]]["curated_at"] > victim["curated_at"], timeout=60)
     redone = _entries(c)[victim["sop_instance_uid"]]["curated_at"]
-    with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{c.pg_db}", autocommit=True) as db:  # its series doc
-        wait_until(lambda: db.execute("SELECT max(built_at) FROM webcache_series").fetchone()[0] >= redone,
-                   timeout=60)
+    wait_until(lambda: c.sql("SELECT max(built_at) FROM webcache_series")[0][0] >= redone, timeout=60)  # its series doc
     c.pacs("webcache", "evict", "--to", "0")
     assert c.pacs_json("webcache", "usage")["bytes"] == 0
     assert s3_server.keys(bucket, "web/") == {}

@@ -21,7 +21,9 @@ def _study(c: Cluster, uid: str) -> dict:
     return c.pacs_json("study", "show", uid)
 
 
-def test_merge_moves_stored_studies_and_reaches_exports(cluster: Cluster, tmp_path: Path) -> None:
+def test_merge_moves_stored_studies_and_reaches_exports(pg_cluster: Cluster, tmp_path: Path) -> None:
+    """On PostgreSQL and Redis, as docker-compose runs it."""
+    cluster = pg_cluster
     order(cluster, "MG-1", "PM1", "MERGE^MARY", "19700101", "F")
     first = send_study(cluster, tmp_path / "first", "MG-1", "PM1", "MERGE^MARY", "19700101", "F")
     cluster.wait_indexed(1)

@@ -6,7 +6,6 @@ there is no order. Real HL7 over MLLP, real C-STOREs with dcmtk."""
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,7 +59,9 @@ def test_name_normalization() -> None:
     assert normalize_name("DOE^JOHN") != normalize_name("DOE^JANE")
 
 
-def test_reconcile_accept_reject_and_renames_reach_exports(cluster: Cluster, tmp_path: Path) -> None:
+def test_reconcile_accept_reject_and_renames_reach_exports(pg_cluster: Cluster, tmp_path: Path) -> None:
+    """On PostgreSQL and Redis, as docker-compose runs it."""
+    cluster = pg_cluster
     order(cluster, "R-1", "PR1", "RIGHT^RITA", "19600101", "F")
     order(cluster, "R-2", "PR2", "OK^OLIVER", "19650202", "M")
     wrong = send_study(cluster, tmp_path / "wrong", "R-1", "PR1", "WRONG^RITA", "19600101", "F")
@@ -97,12 +98,10 @@ def test_reconcile_accept_reject_and_renames_reach_exports(cluster: Cluster, tmp
     assert hashlib.sha256(copy.read_bytes()).hexdigest() == stored["sha256"]
     assert pydicom.dcmread(copy).PatientName == "OK^OLIVER"
 
-    with sqlite3.connect(cluster.data_dir / "pacs.db") as db:
-        actions = db.execute("SELECT action, detail FROM audit_events WHERE action IN "
-                             "('quarantine-reconcile', 'quarantine-accept', 'quarantine-reject')").fetchall()
+    actions = cluster.sql("SELECT action, detail FROM audit_events WHERE action IN "
+                          "('quarantine-reconcile', 'quarantine-accept', 'quarantine-reject')")
     assert {a for a, _ in actions} == {"quarantine-reconcile", "quarantine-reject"}
     assert any("wrong patient scanned" in d for _, d in actions)
-
 
     # a rejected study, and only a rejected one, can be purged: index rows at once, objects by the archive
     odd_copy = cache / cluster.pacs_json("study", "show", odd)["series"][0]["instances"][0]["copies"][0]["locator"]
@@ -118,9 +117,8 @@ def test_reconcile_accept_reject_and_renames_reach_exports(cluster: Cluster, tmp
         time.sleep(0.5)
     assert not odd_copy.exists(), "the archive deletes a purged study's objects"
     assert copy.is_file() and cluster.status()["counts"]["instances"] == 2
-    with sqlite3.connect(cluster.data_dir / "pacs.db") as db:
-        assert db.execute("SELECT count(*) FROM object_copies WHERE purge_requested_at IS NOT NULL").fetchone() == (0,)
-        assert db.execute("SELECT count(*) FROM audit_events WHERE action = 'quarantine-purge'").fetchone() == (1,)
+    assert cluster.sql("SELECT count(*) FROM object_copies WHERE purge_requested_at IS NOT NULL") == [(0,)]
+    assert cluster.sql("SELECT count(*) FROM audit_events WHERE action = 'quarantine-purge'") == [(1,)]
 
 
 def test_accept_keeps_the_study_as_received(cluster: Cluster, tmp_path: Path) -> None:

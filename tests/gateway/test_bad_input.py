@@ -8,14 +8,12 @@ from __future__ import annotations
 import errno
 import random
 import socket
-import sqlite3
 import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -81,22 +79,10 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         c.destroy()
 
 
-def query(c: Cluster, sql: str) -> list[tuple]:
-    """Read the index directly (SQLite file or PostgreSQL)."""
-    if c.backend == "postgres":
-        with psycopg.connect(c.env["PACS_DATABASE_URL"]) as conn:
-            return conn.execute(sql).fetchall()
-    conn = sqlite3.connect(c.data_dir / "pacs.db", timeout=30)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
-
-
 def index_counts(c: Cluster) -> tuple[int, int, int]:
     """(instances, verified cache copies, spool files), without a CLI round trip."""
-    instances = query(c, "SELECT count(*) FROM instances")[0][0]
-    archived = query(c, "SELECT count(*) FROM object_copies WHERE tier = 'cache' AND verified_at IS NOT NULL")[0][0]
+    instances = c.sql("SELECT count(*) FROM instances")[0][0]
+    archived = c.sql("SELECT count(*) FROM object_copies WHERE tier = 'cache' AND verified_at IS NOT NULL")[0][0]
     spooled = sum(1 for p in (c.data_dir / "spool").rglob("*.dcm"))
     return instances, archived, spooled
 
@@ -132,8 +118,8 @@ def assert_unharmed(c: Cluster, before: dict[str, int], sent_ok: int = 0) -> Non
     assert leftovers == [], f"something partial was left in the spool: {leftovers}"
     inbox = c.data_dir / "archive" / "inbox"
     assert not inbox.is_dir() or list(inbox.iterdir()) == [], list(inbox.iterdir())
-    assert query(c, f"SELECT count(*) FROM instances WHERE sop_instance_uid = '{good.SOPInstanceUID}'") == [(1,)]
-    assert query(c, "SELECT count(*) FROM superseded_objects") == [(0,)]
+    assert c.sql("SELECT count(*) FROM instances WHERE sop_instance_uid = ?", str(good.SOPInstanceUID)) == [(1,)]
+    assert c.sql("SELECT count(*) FROM superseded_objects") == [(0,)]
 
 
 def assert_failure_with_comment(result: tuple[int | None, str], expected: int = ERROR_CANNOT_UNDERSTAND) -> None:

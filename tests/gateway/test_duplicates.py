@@ -6,7 +6,6 @@ archive copy (store and remember; DESIGN.md, invariants)."""
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -39,20 +38,12 @@ def store(port: int, path: Path) -> tuple[int | None, str]:
     return int(rsp.Status), str(rsp.get("ErrorComment", ""))
 
 
-def query(c: Cluster, sql: str, *params: Any) -> list[tuple]:
-    conn = sqlite3.connect(c.data_dir / "pacs.db", timeout=30)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
-
-
 def state(c: Cluster, uid: str) -> dict[str, Any]:
     """What the index holds for this SOP Instance UID."""
     return {
-        "instances": query(c, "SELECT sha256 FROM instances WHERE sop_instance_uid = ?", uid),
-        "superseded": query(c, "SELECT sha256, reason FROM superseded_objects WHERE sop_instance_uid = ?", uid),
-        "copies": query(c, "SELECT sha256, locator FROM object_copies WHERE tier = 'cache' "
+        "instances": c.sql("SELECT sha256 FROM instances WHERE sop_instance_uid = ?", uid),
+        "superseded": c.sql("SELECT sha256, reason FROM superseded_objects WHERE sop_instance_uid = ?", uid),
+        "copies": c.sql("SELECT sha256, locator FROM object_copies WHERE tier = 'cache' "
                            "AND verified_at IS NOT NULL ORDER BY id"),
         "spool": sorted(p.name for p in (c.data_dir / "spool").rglob("*.dcm")),
     }

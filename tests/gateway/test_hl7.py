@@ -5,7 +5,6 @@ errors answered AE/AR without applying anything, framing edge cases."""
 from __future__ import annotations
 
 import socket
-import sqlite3
 import time
 from collections.abc import Iterator
 
@@ -17,13 +16,15 @@ from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
 from gateway.hl7 import FrameReader
-from tests.cluster import Cluster
+from tests.cluster import Cluster, need_backends
 from tests.ris import CR, FS, VT, ack_code, adt, msh, orm, send
 
 
 @pytest.fixture(scope="module")
 def ris_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("hl7"))
+    """On PostgreSQL and Redis, as docker-compose runs it."""
+    need_backends()
+    c = Cluster(tmp_path_factory.mktemp("hl7"), "postgres")
     c.start()
     yield c
     c.destroy()
@@ -38,8 +39,7 @@ def orders(c: Cluster) -> dict[str, dict]:
 
 
 def log_rows(c: Cluster) -> list[tuple[str, str, str]]:
-    with sqlite3.connect(c.data_dir / "pacs.db") as db:
-        return db.execute("SELECT message_control_id, message_type, ack_code FROM hl7_messages").fetchall()
+    return c.sql("SELECT message_control_id, message_type, ack_code FROM hl7_messages")
 
 
 def test_adt_creates_then_updates_a_patient(ris_cluster: Cluster) -> None:
