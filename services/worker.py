@@ -41,6 +41,7 @@ def run_worker(settings: Settings, name: str, queues: list[str],
     for fn in register:
         fn(app)
     app.worker_main([
+        "--quiet",  # no start-up banner: `pacs up` prints where each service runs
         "worker", "-Q", ",".join(queues), "-n", f"{name}@%h",
         "--pool=threads", f"--concurrency={settings.worker_concurrency}",
         f"--loglevel={settings.log_level}", "--without-gossip", "--without-mingle",
