@@ -173,6 +173,9 @@ class Association:
             self.abort()
         except OSError as exc:
             LOG.info("connection from %s:%s lost: %s", *self.address[:2], exc)
+        except Exception:  # a fault of ours: logged whole, the peer told, the listener goes on
+            LOG.exception("association from %s:%s aborted after an internal error", *self.address[:2])
+            self.abort()
         finally:
             try:
                 self.sock.close()
@@ -189,12 +192,21 @@ class Association:
         rq = P.decode_associate_rq(bytes(body))
         cfg = self.config
         if over_limit:
-            self._send(P.encode_associate_rj(2, 3, 2))  # transient, provider (presentation), local limit
+            self._send(P.encode_associate_rj(P.RJ_TRANSIENT, P.RJ_SOURCE_PROVIDER_PRESENTATION,
+                                             P.RJ_REASON_LOCAL_LIMIT_EXCEEDED))
             return False
         if rq.application_context != P.APPLICATION_CONTEXT:
             self._reject(P.RJ_REASON_APPLICATION_CONTEXT, f"application context {rq.application_context!r}", rq)
             return False
-        if not cfg.accept_calling(rq.calling_ae_title):
+        try:
+            known = cfg.accept_calling(rq.calling_ae_title)
+        except Exception as exc:  # noqa: BLE001 - the node list cannot be read: nobody in unchecked
+            LOG.error("association from %s (%s:%s) rejected for now: cannot check its AE title: %s",
+                      rq.calling_ae_title, *self.address[:2], exc)
+            self._send(P.encode_associate_rj(P.RJ_TRANSIENT, P.RJ_SOURCE_PROVIDER_PRESENTATION,
+                                             P.RJ_REASON_TEMPORARY_CONGESTION))
+            return False
+        if not known:
             self._reject(P.RJ_REASON_CALLING_AE, "calling AE title not recognized", rq)
             return False
         results = []

@@ -24,6 +24,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 from pynetdicom import AllStoragePresentationContexts
 from pynetdicom.sop_class import ModalityWorklistInformationFind, Verification
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from dbserver.models import DicomNode
 from dbserver.worklist import worklist_matches
@@ -117,10 +118,17 @@ class KnownAEs:
         self._lock = threading.Lock()
 
     def titles(self) -> set[str]:
+        """The configured AE titles. When the database cannot be read, the
+        list read last stands; with none read yet, the error propagates."""
         with self._lock:
             if time.monotonic() - self._loaded_at > self.ttl:
-                with get_engine(self.settings).connect() as conn:
-                    self._titles = {t.strip() for t in conn.execute(select(DicomNode.ae_title)).scalars()}
+                try:
+                    with get_engine(self.settings).connect() as conn:
+                        self._titles = {t.strip() for t in conn.execute(select(DicomNode.ae_title)).scalars()}
+                except SQLAlchemyError as exc:
+                    if not self._loaded_at:
+                        raise
+                    LOG.warning("known AE titles not re-read, the last list stands: %s", exc)
                 self._loaded_at = time.monotonic()
             return self._titles
 

@@ -70,6 +70,12 @@ class Recorder:
         return 0x0000
 
 
+def _accept_calling(ae_title: str) -> bool:
+    if ae_title == "NODB":  # the list of known nodes cannot be read
+        raise ConnectionError("database unreachable")
+    return ae_title != "BLOCKED"
+
+
 @pytest.fixture
 def scp() -> Iterator[tuple[int, Recorder, AcceptorConfig]]:
     rec = Recorder()
@@ -82,7 +88,7 @@ def scp() -> Iterator[tuple[int, Recorder, AcceptorConfig]]:
         handlers={C_ECHO_RQ: lambda e: 0, C_STORE_RQ: rec.store, C_FIND_RQ: rec.find},
         max_pdu=65536,
         network_timeout=5,
-        accept_calling=lambda ae: ae != "BLOCKED",
+        accept_calling=_accept_calling,
         implementation_class_uid="1.2.3.4",
         implementation_version_name="TEST",
     )
@@ -193,6 +199,18 @@ def test_unknown_calling_ae_is_rejected(scp) -> None:  # noqa: ANN001
     port, _, _ = scp
     assoc = _ae(Verification, title="BLOCKED").associate("127.0.0.1", port, ae_title="PACS")
     assert assoc.is_rejected
+    assert _ae(Verification).associate("127.0.0.1", port, ae_title="PACS").is_established
+
+
+def test_calling_ae_that_cannot_be_checked_is_rejected_for_now(scp) -> None:  # noqa: ANN001
+    """When the known nodes cannot be read, the association is rejected as
+    transient (PS3.8 9.3.4: rejected-transient, temporary congestion), so
+    the modality retries; nobody is let in unchecked, the listener lives."""
+    port, _, _ = scp
+    assoc = _ae(Verification, title="NODB").associate("127.0.0.1", port, ae_title="PACS")
+    assert assoc.is_rejected
+    assert (assoc.acceptor.primitive.result, assoc.acceptor.primitive.result_source,
+            assoc.acceptor.primitive.diagnostic) == (2, 3, 1)
     assert _ae(Verification).associate("127.0.0.1", port, ae_title="PACS").is_established
 
 

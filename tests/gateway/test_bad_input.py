@@ -327,7 +327,9 @@ def test_unknown_calling_ae_is_rejected_until_configured(make_cluster: Any) -> N
     c.start()
 
     stranger = Peer(c.dicom_port, "STRANGER")
-    assert stranger.assoc.is_rejected, "an unknown calling AE must be rejected at association time"
+    assert stranger.assoc.is_rejected, (
+        f"an unknown calling AE must be rejected at association time (aborted: {stranger.assoc.is_aborted});"
+        f" cluster log:\n{c.log()[-4000:]}")
     with Peer(c.dicom_port, "KNOWNSCU") as peer:
         assert peer.store(ct_dataset()) == (SUCCESS, ""), "the listener must still serve known nodes"
 

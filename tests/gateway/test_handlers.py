@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from sqlalchemy.exc import SQLAlchemyError
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
@@ -242,6 +243,24 @@ def test_unknown_calling_ae_is_not_authorized(tmp_path: Path) -> None:
         assert len(list(ingestor.folder.files())) == 1
     finally:
         ingestor.close()
+        dispose_engines()
+
+
+def test_known_aes_stand_while_the_database_cannot_be_read(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path / "data", dicom_require_known_ae=True)
+    upgrade(settings)
+    add_node(settings, "KNOWN1", "127.0.0.1", 104, ["store"])
+    unreadable = load_settings(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path}/gone/pacs.db")
+    try:
+        known_aes = scp.KnownAEs(settings, ttl=0)
+        assert known_aes.accepts("KNOWN1") and not known_aes.accepts("STRANGER")
+        known_aes.settings = unreadable
+        assert known_aes.accepts("KNOWN1") and not known_aes.accepts("STRANGER"), "the last list stands"
+        never_read = scp.KnownAEs(unreadable, ttl=0)
+        never_read.required = True
+        with pytest.raises(SQLAlchemyError):  # the acceptor then rejects as transient
+            never_read.accepts("KNOWN1")
+    finally:
         dispose_engines()
 
 
