@@ -17,7 +17,7 @@ from pydicom.uid import generate_uid
 
 from tests.cluster import Cluster
 
-STABLE_SECONDS = 5.0
+STABLE_SECONDS = 8.0  # long enough to see a study registered, not yet stable, on a loaded machine
 SLACK = 0.3  # clock and timestamp rounding between processes
 
 
@@ -33,7 +33,14 @@ def new_instance_of(study_file: str, folder: Path) -> tuple[Path, str]:
 
 
 def study(c: Cluster, uid: str) -> dict | None:
-    return next((s for s in c.studies() if s["study_instance_uid"] == uid), None)
+    """The study's row, read straight from the index: a CLI start per poll
+    (a second or two on a loaded machine) would blur the timings."""
+    rows = c.sql("SELECT stable, number_of_study_related_instances, number_of_study_related_series "
+                 "FROM studies WHERE study_instance_uid = ?", uid)
+    if not rows:
+        return None
+    stable, instances, series = rows[0]
+    return {"stable": bool(stable), "num_instances": instances, "num_series": series}
 
 
 def wait_for(what: str, check: Callable[[], dict | None], timeout: float) -> tuple[dict, float]:
@@ -71,6 +78,8 @@ def test_stable_after_quiet_period_and_reopened_by_new_instance(make_cluster, tm
     assert seen - sent >= STABLE_SECONDS - SLACK, f"stable again after {seen - sent:.1f}s"
     assert s["num_instances"] == 2 and s["num_series"] == 1
     assert c.status()["counts"]["stable_studies"] == 1
+    listed = next(s for s in c.studies() if s["study_instance_uid"] == uid)
+    assert listed["stable"] is True and listed["num_instances"] == 2
 
 
 def test_stable_despite_dbserver_killed_in_quiet_period(make_cluster, tmp_path: Path) -> None:
