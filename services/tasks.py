@@ -57,6 +57,7 @@ def make_celery(settings: Settings | None = None) -> Celery:
         folder = settings.broker_folder
         for sub in ("queue", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
+        conf["broker_transport"] = "services.broker:Transport"  # messages that appear whole
         conf["broker_transport_options"] = {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),

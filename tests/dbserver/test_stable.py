@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from datetime import datetime
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,13 +44,25 @@ def study(c: Cluster, uid: str) -> dict | None:
     return {"stable": bool(stable), "num_instances": instances, "num_series": series}
 
 
+def quiet_period(c: Cluster, uid: str) -> float:
+    """Seconds from the study's last instance to its latest stable-study
+    change, as the index recorded them (the services' wall clock)."""
+    def when(value: object) -> datetime:
+        return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+
+    (last,), = c.sql("SELECT last_received_at FROM studies WHERE study_instance_uid = ?", uid)
+    (marked,), = c.sql("SELECT max(created_at) FROM changes WHERE change_type = 'stable-study' "
+                       "AND resource_uid = ?", uid)
+    return (when(marked) - when(last)).total_seconds()
+
+
 def wait_for(what: str, check: Callable[[], dict | None], timeout: float) -> tuple[dict, float]:
     """Poll until ``check`` returns something; return it and when it was seen."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = check()
         if found:
-            return found, time.monotonic()
+            return found, time.time()
         time.sleep(0.2)
     raise AssertionError(f"{what}: not within {timeout}s")
 
@@ -58,23 +71,25 @@ def test_stable_after_quiet_period_and_reopened_by_new_instance(make_cluster, tm
     c = make_cluster("embedded", PACS_STUDY_STABLE_SECONDS=str(STABLE_SECONDS)).start()
     first, uid = new_instance_of("CT_small.dcm", tmp_path / "a")
 
-    sent = time.monotonic()
+    sent = time.time()  # the services' clock: stable times are wall-clock times in the index
     c.storescu(first)
     s = study(c, uid) or wait_for("registered", lambda: study(c, uid), 20)[0]
-    assert time.monotonic() - sent < STABLE_SECONDS - 1, "too slow to observe the quiet period"
+    assert time.time() - sent < STABLE_SECONDS - 1, "too slow to observe the quiet period"
     assert s["stable"] is False and s["num_instances"] == 1
     _, seen = wait_for("stable", lambda: (s := study(c, uid)) and s["stable"] and s, STABLE_SECONDS + 10)
+    assert quiet_period(c, uid) >= STABLE_SECONDS, f"marked stable {quiet_period(c, uid):.2f}s after its last instance"
     assert seen - sent >= STABLE_SECONDS - SLACK, f"stable after {seen - sent:.1f}s, before the quiet period"
 
     # a new instance re-opens the study, and the quiet period starts again
     second, _ = new_instance_of("CT_small.dcm", tmp_path / "b")
-    sent = time.monotonic()
+    sent = time.time()
     c.storescu(second)
     s, _ = wait_for("second instance registered", lambda: (s := study(c, uid)) and s["num_instances"] == 2 and s,
                     20)
-    assert time.monotonic() - sent < STABLE_SECONDS - 1, "too slow to observe the quiet period"
+    assert time.time() - sent < STABLE_SECONDS - 1, "too slow to observe the quiet period"
     assert s["stable"] is False, "a new instance must re-open a stable study"
     s, seen = wait_for("stable again", lambda: (s := study(c, uid)) and s["stable"] and s, STABLE_SECONDS + 10)
+    assert quiet_period(c, uid) >= STABLE_SECONDS, f"marked stable {quiet_period(c, uid):.2f}s after its last instance"
     assert seen - sent >= STABLE_SECONDS - SLACK, f"stable again after {seen - sent:.1f}s"
     assert s["num_instances"] == 2 and s["num_series"] == 1
     assert c.status()["counts"]["stable_studies"] == 1
@@ -88,13 +103,13 @@ def test_stable_despite_dbserver_killed_in_quiet_period(make_cluster, tmp_path: 
     old_pids = set(c.pids("dbserver"))
     assert len(old_pids) == 1, old_pids
 
-    sent = time.monotonic()
+    sent = time.time()
     c.storescu(path)
     s = study(c, uid) or wait_for("registered", lambda: study(c, uid), 20)[0]
     assert s["stable"] is False
     for pid in old_pids:
         os.kill(pid, signal.SIGKILL)
-    killed = time.monotonic()
+    killed = time.time()
     assert killed - sent < STABLE_SECONDS, "the kill came after the deadline"
 
     # the supervisor restarts it: a new dbserver process says it is alive
@@ -103,6 +118,7 @@ def test_stable_despite_dbserver_killed_in_quiet_period(make_cluster, tmp_path: 
     assert new_pids and "restarting" in c.log(), c.log()[-2000:]
     s, seen = wait_for("stable after the restart",
                        lambda: (s := study(c, uid)) and s["stable"] and s, STABLE_SECONDS + 30)
+    assert quiet_period(c, uid) >= STABLE_SECONDS
     assert seen - sent >= STABLE_SECONDS - SLACK
     assert s["num_instances"] == 1
     # and it keeps working: a new study on the restarted dbserver becomes stable too

@@ -1,0 +1,115 @@
+"""The embedded broker (``filesystem://``): a message appears whole or not
+at all, two consumers never take the same one, and a message that cannot
+be decoded is skipped instead of killing the worker. Regression: a Celery
+worker of ``pacs up`` died of ``JSONDecodeError`` after taking a message
+file that kombu's filesystem transport had created but not yet written."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from pathlib import Path
+from queue import Empty
+
+import pytest
+
+from services import broker
+from services.settings import load_settings
+from services.tasks import make_celery
+
+
+def _channel(data_dir: Path):  # noqa: ANN202
+    app = make_celery(load_settings(data_dir=data_dir))
+    conn = app.connection_for_write()
+    return conn, conn.default_channel
+
+
+def _get(channel, queue: str) -> dict | None:  # noqa: ANN001
+    try:
+        return channel._get(queue)
+    except Empty:
+        return None
+
+
+def test_make_celery_uses_this_transport(tmp_path: Path) -> None:
+    conn, channel = _channel(tmp_path)
+    with conn:
+        assert isinstance(channel, broker.Channel)
+
+
+def test_a_slow_writer_never_exposes_a_partial_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def slow_write(f, data: bytes) -> None:  # noqa: ANN001 - the writer stalls halfway (a loaded machine)
+        f.write(data[: len(data) // 2])
+        f.flush()
+        time.sleep(0.5)
+        f.write(data[len(data) // 2:])
+
+    monkeypatch.setattr(broker, "_write", slow_write)
+    conn, channel = _channel(tmp_path)
+    seen: list[object] = []
+    stop = threading.Event()
+
+    def consume() -> None:
+        while not stop.is_set():
+            try:
+                message = _get(channel, "db")
+            except Exception as exc:  # noqa: BLE001 - what a worker would die of
+                seen.append(exc)
+                return
+            if message is not None:
+                seen.append(message)
+                return
+
+    with conn:
+        reader = threading.Thread(target=consume)
+        reader.start()
+        channel._put("db", {"body": "x" * 10_000, "n": 1})
+        reader.join(5)
+        stop.set()
+    assert len(seen) == 1 and isinstance(seen[0], dict), seen
+    assert seen[0] == {"body": "x" * 10_000, "n": 1}
+    assert not list((tmp_path / "broker" / "queue").iterdir()), "nothing left behind"
+
+
+def test_an_undecodable_message_is_skipped(tmp_path: Path) -> None:
+    conn, channel = _channel(tmp_path)
+    with conn:
+        channel._put("db", {"n": 2})
+        queue = tmp_path / "broker" / "queue"
+        (queue / "1_00000000-0000-0000-0000-000000000000.db.msg").write_bytes(b"")  # older, empty
+        assert _get(channel, "db") == {"n": 2}
+        assert _get(channel, "db") is None
+        assert not list(queue.iterdir()) and not list((tmp_path / "broker" / "processed").iterdir())
+
+
+def _consume_all(data_dir: str, out: multiprocessing.Queue) -> None:
+    conn, channel = _channel(Path(data_dir))
+    got, idle = [], 0
+    with conn:
+        while idle < 20:
+            message = _get(channel, "db")
+            if message is None:
+                idle += 1
+                time.sleep(0.05)
+                continue
+            idle = 0
+            got.append(message["n"])
+    out.put(got)
+
+
+def test_two_consumers_never_take_the_same_message(tmp_path: Path) -> None:
+    out: multiprocessing.Queue = multiprocessing.get_context("spawn").Queue()
+    ctx = multiprocessing.get_context("spawn")
+    conn, channel = _channel(tmp_path)
+    with conn:
+        for n in range(300):
+            channel._put("db", {"n": n})
+    consumers = [ctx.Process(target=_consume_all, args=(str(tmp_path), out)) for _ in range(2)]
+    for p in consumers:
+        p.start()
+    taken = [out.get(timeout=60) for _ in consumers]
+    for p in consumers:
+        p.join(10)
+    everything = sorted(taken[0] + taken[1])
+    assert everything == list(range(300)), "each message taken exactly once"
