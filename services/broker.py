@@ -37,6 +37,10 @@ def _write(f: BinaryIO, data: bytes) -> None:
 
 
 class Channel(filesystem.Channel):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        os.makedirs(self.processed_folder, exist_ok=True)  # where messages are claimed
+
     def _put(self, queue: str, payload: dict[str, Any], **kwargs: Any) -> None:
         """Put a message on ``queue``: it appears whole or not at all."""
         name = f"{round(time.monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
@@ -54,7 +58,6 @@ class Channel(filesystem.Channel):
     def _get(self, queue: str) -> dict[str, Any]:
         """The oldest message of ``queue``, claimed by a rename."""
         wanted = f"{queue}.msg"
-        os.makedirs(self.processed_folder, exist_ok=True)
         for name in sorted(os.listdir(self.data_folder_in)):
             if name.partition(".")[2] != wanted:
                 continue
