@@ -21,8 +21,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row, tuple_row
 import redis as redis_lib
+from psycopg.rows import dict_row, tuple_row
 
 from services.heartbeat import running_here
 
@@ -92,6 +92,11 @@ def need_backends() -> None:
         pytest.skip(message)
 
 
+def pg_url(name: str) -> str:
+    """The URL of test database ``name`` on the local PostgreSQL."""
+    return f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+
 def create_pg_database() -> str:
     name = f"pacs_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
@@ -138,7 +143,7 @@ class Cluster:
             self.pg_db = create_pg_database()
             self.redis_db = claim_redis_db()
             redis_lib.Redis.from_url(f"{REDIS_URL}/{self.redis_db}").flushdb()
-            self.env["PACS_DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:5432/{self.pg_db}"
+            self.env["PACS_DATABASE_URL"] = pg_url(self.pg_db)
             self.env["PACS_BROKER_URL"] = f"{REDIS_URL}/{self.redis_db}"
         self.env.update(self.extra_env)
 
@@ -165,7 +170,7 @@ class Cluster:
         PostgreSQL), committed. ``?`` placeholders on both; rows as tuples,
         or as dicts with ``dicts=True``."""
         if self.pg_db:
-            with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{self.pg_db}", connect_timeout=5,
+            with psycopg.connect(pg_url(self.pg_db), connect_timeout=5,
                                  row_factory=dict_row if dicts else tuple_row) as db:
                 cur = db.execute(query.replace("?", "%s"), params)
                 return cur.fetchall() if cur.description else []

@@ -18,6 +18,7 @@ from tests.cluster import (
     create_pg_database,
     drop_pg_database,
     need_backends,
+    pg_url,
     postgres_available,
     require_services,
 )
@@ -39,7 +40,7 @@ def make_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ca
                 pytest.fail(message)
             pytest.skip(message)
         name = create_pg_database()
-        url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+        url = pg_url(name)
     else:
         name = None
         url = f"sqlite:///{tmp_path / 'pacs.db'}"

@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 import signal
 import time
-from datetime import datetime
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import pydicom

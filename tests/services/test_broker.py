@@ -99,8 +99,8 @@ def _consume_all(data_dir: str, out: multiprocessing.Queue) -> None:
 
 
 def test_two_consumers_never_take_the_same_message(tmp_path: Path) -> None:
-    out: multiprocessing.Queue = multiprocessing.get_context("spawn").Queue()
     ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
     conn, channel = _channel(tmp_path)
     with conn:
         for n in range(300):
