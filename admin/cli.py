@@ -52,17 +52,24 @@ def up() -> None:
     settings.data_path.mkdir(parents=True, exist_ok=True)
     _ready(settings)
     password = ensure_first_admin(settings)
-    out.print(f"[bold]PACS Cluster[/bold] — data in {settings.data_path}")
-    out.print(f"  database   {_redact(settings.effective_database_url)}")
-    out.print(f"  broker     {_redact(settings.effective_broker_url)}")
-    out.print(f"  gateway    DICOM {settings.dicom_ae_title} on port {settings.dicom_port} "
-              f"({settings.gateway_processes} listener processes), HL7 MLLP on port {settings.hl7_port}")
-    out.print(f"  archive    {settings.effective_archive_url} (cache tier {settings.cache_path})")
-    out.print("  dbserver   worker on queue db")
-    out.print(f"  curator    worker on queue curator (web cache {settings.webcache_location})")
+    lines = [
+        f"[bold]PACS Cluster[/bold] — data in {settings.data_path}",
+        f"  database   {_redact(settings.effective_database_url)}",
+        f"  broker     {_redact(settings.effective_broker_url)}",
+        f"  gateway    DICOM {settings.dicom_ae_title} on port {settings.dicom_port} "
+        f"({settings.gateway_processes} listener processes), HL7 MLLP on port {settings.hl7_port}",
+        f"  archive    {settings.effective_archive_url} (cache tier {settings.cache_path})",
+        "  dbserver   worker on queue db",
+        f"  curator    worker on queue curator (web cache {settings.webcache_location})",
+    ]
     if password:
-        out.print(f"[yellow]First start: user 'admin', password {password}[/yellow] "
-                  f"(also in {settings.data_path / 'initial-admin-password'})")
+        lines.append(f"[yellow]First start: user 'admin', password {password}[/yellow] "
+                     f"(also in {settings.data_path / 'initial-admin-password'})")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        lines.append("[yellow]Running as root: fine for a trial; in production run the services "
+                     "as an unprivileged user (the container image does).[/yellow]")
+    for line in lines:
+        out.print(line, soft_wrap=True)  # a path or port never split across lines
     sys.stdout.flush()
     children = [Child(name, python_argv("serve", name)) for name in SERVICES]
     Supervisor(children, report=lambda msg: err.print(f"[yellow]{msg}[/yellow]")).run()

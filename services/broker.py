@@ -81,3 +81,9 @@ class Channel(filesystem.Channel):
 
 class Transport(filesystem.Transport):
     Channel = Channel
+
+    @property
+    def default_connection_params(self) -> dict:
+        # A folder, not a host: without this kombu warns on every connection
+        # that no hostname was supplied.
+        return {}

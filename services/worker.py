@@ -6,9 +6,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Callable
 
 from celery import Celery
+from celery.exceptions import SecurityWarning
 
 from services.settings import Settings
 from services.tasks import make_celery
@@ -37,6 +39,9 @@ def run_worker(settings: Settings, name: str, queues: list[str],
                register: list[Callable[[Celery], None]]) -> None:
     if settings.worker_nice:
         os.nice(settings.worker_nice)
+    # Celery's multi-line warning about running as root, once per worker:
+    # `pacs up` says it once; the container image runs as an unprivileged user.
+    warnings.filterwarnings("ignore", category=SecurityWarning)
     app = make_celery(settings)
     for fn in register:
         fn(app)
