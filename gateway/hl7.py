@@ -272,14 +272,28 @@ def _log(session: Session, raw: str, remote: str, msg: hl7.Message | None, ack: 
         sending_facility=_field(msg, "MSH", 4) if msg else ""))
 
 
+def _version(text: str) -> tuple[int, ...]:
+    """'2.3.1' → (2, 3, 1); anything unreadable counts as 2.5."""
+    try:
+        return tuple(int(part) for part in text.split("."))
+    except ValueError:
+        return (2, 5)
+
+
 def _ack(msg: hl7.Message | None, code: str, text: str = "", error: Hl7Error | None = None,
          charset: str = "") -> str:
+    """The ACK in the sender's own HL7 version: MSH-9 has its third component
+    (message structure) from v2.3.1 on; before v2.5 the error is in ERR-1
+    (segment^sequence^field^code), from v2.5 on in ERR-2 to ERR-4 and ERR-8."""
     now = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
     control = hl7.generate_message_control_id()
+    version = (_field(msg, "MSH", 12) if msg is not None else "") or "2.5"
     if msg is not None:
+        trigger = _field(msg, "MSH", 9, 2)
+        message_type = f"ACK^{trigger}" + ("^ACK" if _version(version) >= (2, 3, 1) else "")
         head = (f"MSH|^~\\&|{_field(msg, 'MSH', 5)}|{_field(msg, 'MSH', 6)}|{_field(msg, 'MSH', 3)}|"
-                f"{_field(msg, 'MSH', 4)}|{now}||ACK^{_field(msg, 'MSH', 9, 2)}^ACK|{control}|P|"
-                f"{_field(msg, 'MSH', 12) or '2.5'}" + (f"||||||{charset}" if charset else ""))
+                f"{_field(msg, 'MSH', 4)}|{now}||{message_type}|{control}|P|{version}"
+                + (f"||||||{charset}" if charset else ""))
         acked = _field(msg, "MSH", 10)
     else:
         head = f"MSH|^~\\&|PACS||||{now}||ACK|{control}|P|2.5"
@@ -289,8 +303,12 @@ def _ack(msg: hl7.Message | None, code: str, text: str = "", error: Hl7Error | N
     if code != "AA":
         location = error.location if error else ""
         err_code = error.code if error else "200"
-        segments.append(f"ERR||{location}|{err_code}^{'Unsupported message type' if code == 'AR' else 'Error'}"
-                        f"^HL70357|E||||{text[:250]}")
+        err_text = "Unsupported message type" if code == "AR" else "Error"
+        legacy = ""  # ERR-1, ELD: segment^sequence^field^code&text&table
+        if _version(version) < (2, 5):
+            where = ((location or "MSH^1").split("^") + ["", "", ""])[:3]
+            legacy = "^".join([*where, f"{err_code}&{err_text}&HL70357"])
+        segments.append(f"ERR|{legacy}|{location}|{err_code}^{err_text}^HL70357|E||||{text[:250]}")
     return "\r".join(segments) + "\r"
 
 

@@ -140,6 +140,23 @@ def test_bad_messages_are_answered_and_change_nothing(ris_cluster: Cluster, mess
     assert (patients(ris_cluster), orders(ris_cluster)) == before
 
 
+@pytest.mark.parametrize(("version", "msh9", "err1"), [
+    ("2.3", "ACK^A08", "PID^1^3^101&Error&HL70357"),
+    ("2.3.1", "ACK^A08^ACK", "PID^1^3^101&Error&HL70357"),
+    ("2.5.1", "ACK^A08^ACK", ""),
+])
+def test_the_ack_speaks_the_senders_version(ris_cluster: Cluster, version: str, msh9: str, err1: str) -> None:
+    """MSH-9 has no message structure before v2.3.1; before v2.5 the error
+    goes in ERR-1, from v2.5 on in ERR-2 and ERR-3."""
+    message = f"MSH|^~\\&|RIS|HOSP_A|PACS|RAD|20261123||ADT^A08|V-{version}|P|{version}\rPID|1||||NOID^NOAH\r"
+    ack = send(ris_cluster, message)
+    assert ack_code(ack) == "AE"
+    assert (str(ack.segment("MSH")[9]), str(ack.segment("MSH")[12])) == (msh9, version)
+    err = ack.segment("ERR")
+    assert str(err[1]) == err1
+    assert str(err[2]) == "PID^1^3" and str(err[3]).startswith("101^")
+
+
 def _raw(c: Cluster) -> socket.socket:
     return socket.create_connection(("127.0.0.1", c.hl7_port), timeout=10)
 
