@@ -174,6 +174,8 @@ def node_add(
     ae_title: str, host: str, port: int,
     roles: Annotated[str, typer.Option(help="comma-separated: store,query,move,get,worklist,commit,destination")] = "store",
     description: str = "",
+    issuer: Annotated[str, typer.Option(
+        help="Issuer of Patient ID (RIS domain) of the images it sends without one")] = "",
 ) -> None:
     """Add a DICOM node."""
     from dbserver.queries import add_node
@@ -182,10 +184,11 @@ def node_add(
     _ready(settings)
     try:
         node = add_node(settings, ae_title, host, port, [r.strip() for r in roles.split(",") if r.strip()],
-                        description)
+                        description, issuer)
     except ValueError as exc:
         _fail(str(exc), 2)
-    out.print(f"added {node['ae_title']} at {node['host']}:{node['port']} ({', '.join(node['roles'])})")
+    out.print(f"added {node['ae_title']} at {node['host']}:{node['port']} ({', '.join(node['roles'])})"
+              + (f", Patient IDs of {node['issuer_of_patient_id']}" if node["issuer_of_patient_id"] else ""))
 
 
 @node_app.command("list")
@@ -195,7 +198,8 @@ def node_list(as_json: JsonOpt = False) -> None:
 
     settings = _settings()
     _ready(settings)
-    _rows(list_nodes(settings), ["ae_title", "host", "port", "roles", "description"], as_json)
+    _rows(list_nodes(settings), ["ae_title", "host", "port", "roles", "issuer_of_patient_id", "description"],
+          as_json)
 
 
 @node_app.command("remove")
@@ -245,6 +249,17 @@ def study_show(uid: str, as_json: JsonOpt = False) -> None:
         return
     out.print(f"[bold]{study['study_instance_uid']}[/bold]  {study['patient_name']} ({study['patient_id']})  "
               f"acc {study['accession_number']}  {study['study_date']}  stable={study['stable']}")
+    detail = study["validation_detail"]
+    line = f"  validation: {study['validation_status']}"
+    if study["validation_status"] == "pending":  # asking the external RIS worklist
+        line += f", {detail.get('attempts', 0)} attempts"
+        if detail.get("last_attempt"):
+            line += f", last at {detail['last_attempt']}"
+        if detail.get("last_error"):
+            line += f", last error: {detail['last_error']}"
+    elif detail.get("reason"):
+        line += f" ({detail['reason']})"
+    out.print(line)
     for series in study["series"]:
         out.print(f"  series {series['series_number']} {series['modality']} {series['series_instance_uid']} "
                   f"({series['num_instances']} instances)")
@@ -255,16 +270,31 @@ def study_show(uid: str, as_json: JsonOpt = False) -> None:
 
 # --- export / import ------------------------------------------------------------------
 @app.command("export")
-def export(study_uid: str, out_dir: Annotated[Path, typer.Option("--out", help="target folder")]) -> None:
+def export(
+    study_uid: str,
+    out_dir: Annotated[Path, typer.Option("--out", help="target folder")],
+    force: Annotated[bool, typer.Option("--force", help="export a quarantined or rejected study all the same "
+                                                        "(audited)")] = False,
+) -> None:
     """Write every instance of a study as DIR/<SOPInstanceUID>.dcm: as stored,
-    with the RIS demographics applied where the RIS owns them."""
+    with the RIS demographics applied where the RIS owns them. A quarantined
+    or rejected study is refused unless --force."""
     from dbserver.corrections import outgoing
+    from dbserver.validation import HIDDEN
     from services.dicom import check_uid
     from services.transfer import fetch
 
     settings = _settings()
     _ready(settings)
     study = _study_or_fail(settings, study_uid)
+    state = study["validation_status"]
+    if state in HIDDEN and not force:
+        _audit_cli(settings, "export", "study", study_uid, outcome="failure", validation_status=state,
+                   error="refused: not decided")
+        _fail(f"study {study_uid} is {state}: its demographics disagree with the RIS. Decide it first "
+              "(pacs quarantine show, then reconcile, accept or reject), or export it anyway with --force")
+    if state in HIDDEN:
+        err.print(f"[yellow]study {study_uid} is {state}: exported as forced (audited)[/yellow]")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = failed = 0
     for series in study["series"]:
@@ -278,17 +308,18 @@ def export(study_uid: str, out_dir: Annotated[Path, typer.Option("--out", help="
             except PacsError as exc:
                 failed += 1
                 err.print(f"[red]{inst['sop_instance_uid']}: {exc}[/red]")
-    _audit_cli(settings, "export", "study", study_uid, written=written, failed=failed, target=str(out_dir))
+    _audit_cli(settings, "export", "study", study_uid, written=written, failed=failed, target=str(out_dir),
+               **({"forced": True, "validation_status": state} if state in HIDDEN else {}))
     out.print(f"exported {written} instances to {out_dir}" + (f", {failed} failed" if failed else ""))
     if failed:
         raise typer.Exit(1)
 
 
-def _audit_cli(settings: Settings, action: str, rtype: str, uid: str, **detail: Any) -> None:
-    from dbserver.queries import audit
-    from services.db import run_in_transaction
+def _audit_cli(settings: Settings, action: str, rtype: str, uid: str, outcome: str = "success",
+               **detail: Any) -> None:
+    from dbserver.queries import audit_now
 
-    run_in_transaction(lambda s: audit(s, action, rtype, uid, **detail), settings)
+    audit_now(settings, action, rtype, uid, outcome=outcome, **detail)
 
 
 def _walk(paths: list[Path]) -> list[Path]:

@@ -41,65 +41,105 @@ def ris_orders(as_json: JsonOpt = False,
                                           "scheduled_station_ae_title", "scheduled_start", "status"], as_json)
 
 
-def _decide(uid: str, decision: str, reason: str, accession: str | None = None) -> None:
+def _actor() -> str:
     import getpass
 
-    from dbserver.validation import decide
-    from services.db import run_in_transaction
+    return f"cli:{getpass.getuser()}"
+
+
+def _decide(uid: str, decision: str, reason: str, as_json: bool, accession: str | None = None,
+            issuer: str | None = None) -> None:
+    from dbserver.validation import record_decision
 
     settings = _settings()
     _ready(settings)
     try:
-        result = run_in_transaction(
-            lambda s: decide(s, uid, decision, f"cli:{getpass.getuser()}", reason, accession), settings)
-    except (LookupError, ValueError) as exc:
+        result = record_decision(settings, uid, decision, _actor(), reason, accession, issuer)
+    except (LookupError, ValueError) as exc:  # audited as a failure; nothing changed
         _fail(str(exc).strip("'\""), 2)
-    out.print(f"{result['study_instance_uid']}: {result['validation_status']}")
+    if as_json:
+        _print_json(result)
+        return
+    order = f" (order {result['accession_number']} of {result['issuer_of_accession_number']})" \
+        if decision == "reconcile" else ""
+    out.print(f"{result['study_instance_uid']}: {result['validation_status']}{order}")
 
 
 @quarantine_app.command("reconcile")
-def quarantine_reconcile(uid: str, accession: Annotated[str, typer.Option(help="the order to take")],
-                         reason: Annotated[str, typer.Option(help="why")] = "demographics corrected from the order",
-                         ) -> None:
+def quarantine_reconcile(
+    uid: str,
+    accession: Annotated[str, typer.Option(help="the accession number of the order to take")],
+    issuer: Annotated[Optional[str], typer.Option(
+        help="issuer of that accession number (the RIS domain); needed when several domains have it")] = None,
+    reason: Annotated[str, typer.Option(help="why")] = "demographics corrected from the order",
+    as_json: JsonOpt = False,
+) -> None:
     """Give a quarantined study the demographics of an order."""
-    _decide(uid, "reconcile", reason, accession)
+    _decide(uid, "reconcile", reason, as_json, accession, issuer)
 
 
 @quarantine_app.command("accept")
-def quarantine_accept(uid: str, reason: Annotated[str, typer.Option(help="why")]) -> None:
+def quarantine_accept(uid: str, reason: Annotated[str, typer.Option(help="why")], as_json: JsonOpt = False) -> None:
     """Accept a quarantined study as received."""
-    _decide(uid, "accept", reason)
+    _decide(uid, "accept", reason, as_json)
 
 
 @quarantine_app.command("reject")
-def quarantine_reject(uid: str, reason: Annotated[str, typer.Option(help="why")]) -> None:
+def quarantine_reject(uid: str, reason: Annotated[str, typer.Option(help="why")], as_json: JsonOpt = False) -> None:
     """Reject a quarantined study: kept, but out of every clinical view."""
-    _decide(uid, "reject", reason)
+    _decide(uid, "reject", reason, as_json)
 
 
 @quarantine_app.command("purge")
 def quarantine_purge(uid: str, reason: Annotated[str, typer.Option(help="why")],
-                     yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False) -> None:
+                     yes: Annotated[bool, typer.Option("--yes", help="do not ask")] = False,
+                     as_json: JsonOpt = False) -> None:
     """Delete a rejected study for good: its index rows now, its objects from the archive."""
-    import getpass
-
     from dbserver.purge import purge_study
+    from dbserver.queries import audit_now, validation_status
+    from dbserver.validation import REJECTED
     from services.db import run_in_transaction
     from services.errors import PacsError
 
     settings = _settings()
     _ready(settings)
+    actor = _actor()
+
+    def refuse(message: str, code: int) -> None:  # audited as a failure; nothing changed
+        audit_now(settings, "quarantine-purge", "study", uid, actor=actor, outcome="failure", reason=reason,
+                  error=message)
+        _fail(message, code)
+
+    try:  # refused before asking: only a rejected study, and a reason
+        state = validation_status(settings, uid)
+    except PacsError as exc:
+        refuse(str(exc), 2)
+    if state is None:
+        refuse(f"no study {uid}", 1)
+    if state != REJECTED:
+        refuse(f"study {uid} is {state}: only a rejected study can be purged (pacs quarantine reject first)", 2)
+    if not reason.strip():
+        refuse("say why (--reason)", 2)
     if not yes:
         typer.confirm(f"Delete study {uid} and every object of it for good?", abort=True)
     try:
-        result = run_in_transaction(lambda s: purge_study(s, uid, f"cli:{getpass.getuser()}", reason), settings)
-    except PacsError as exc:
-        _fail(str(exc), 2)
+        result = run_in_transaction(lambda s: purge_study(s, uid, actor, reason), settings)
     except LookupError as exc:
-        _fail(str(exc).strip("'\""))
-    except ValueError as exc:
-        _fail(str(exc), 2)
+        refuse(str(exc).strip("'\""), 1)
+    except (PacsError, ValueError) as exc:
+        refuse(str(exc), 2)
+    if as_json:
+        _print_json({**result, "validation_status": "purged"})
+        return
     out.print(f"{uid}: purged, {result['instances']} instances; the archive deletes {result['objects']} objects")
+
+
+def _received(study: dict) -> dict:
+    """The demographics this study's own images carry (kept by validation),
+    else the patient row's."""
+    received = study["validation_detail"].get("received") or {}
+    return {k: received.get(k, study[k]) for k in ("patient_id", "patient_name", "patient_birth_date",
+                                                    "patient_sex")}
 
 
 @quarantine_app.command("show")
@@ -115,30 +155,45 @@ def quarantine_show(uid: str, as_json: JsonOpt = False) -> None:
     if as_json:
         _print_json(summary)
         return
+    images = _received(study)
     out.print(f"{uid}: {study['validation_status']}  acc {study['accession_number']}  "
-              f"{study['patient_name']} ({study['patient_id']})")
-    for key, diff in study["validation_detail"].get("differences", {}).items():
+              f"images: {images['patient_name']} ({images['patient_id']})")
+    detail = study["validation_detail"]
+    if detail.get("ambiguous_issuers"):
+        out.print(f"  {detail['reason']}")
+    for key, diff in detail.get("differences", {}).items():
         out.print(f"  {key}: images {diff['images']!r}, RIS {diff['ris']!r}")
-    decision = study["validation_detail"].get("decision")
+    decision = detail.get("decision")
     if decision:
         out.print(f"  {decision['status']} by {decision['by']} at {decision['at']}: {decision['reason']}")
 
 
 @quarantine_app.command("list")
-def quarantine_list(as_json: JsonOpt = False) -> None:
-    """Quarantined studies, with what differs from their order."""
+def quarantine_list(
+    as_json: JsonOpt = False,
+    state: Annotated[str, typer.Option(help="quarantined, rejected, accepted, reconciled or all")] = "quarantined",
+) -> None:
+    """Studies of the quarantine (by default those waiting for a decision), with what differs from their order."""
     from dbserver.queries import list_studies
 
     settings = _settings()
     _ready(settings)
-    studies = list_studies(settings, quarantined=True)
+    try:
+        studies = list_studies(settings, quarantined=True, state=state)
+    except ValueError as exc:
+        _fail(str(exc), 2)
     if as_json:
         _print_json(studies)
         return
     for s in studies:
-        diff = s["validation_detail"].get("differences", {})
-        why = "; ".join(f"{k}: images {v['images']!r}, RIS {v['ris']!r}" for k, v in diff.items())
-        out.print(f"{s['study_instance_uid']}  acc {s['accession_number']}  {s['patient_name']}  — {why}")
+        detail = s["validation_detail"]
+        why = "; ".join(f"{k}: images {v['images']!r}, RIS {v['ris']!r}"
+                        for k, v in detail.get("differences", {}).items())
+        if detail.get("ambiguous_issuers"):
+            why = f"accession number in several domains: {', '.join(detail['ambiguous_issuers'])}"
+        status = f"  [{s['validation_status']}]" if state != "quarantined" else ""
+        out.print(f"{s['study_instance_uid']}{status}  acc {s['accession_number']}  {s['patient_name']} "
+                  f"({s['patient_id']})  — {why}")
 
 
 # --- RIS domains and the message log --------------------------------------------------------
@@ -154,6 +209,10 @@ def domain_add(
     report_port: Annotated[Optional[int], typer.Option(help="MLLP port of its report receiver")] = None,
     application: Annotated[str, typer.Option(help="receiving application (MSH-5) of reports")] = "",
     description: str = "",
+    adopt: Annotated[bool, typer.Option(
+        "--adopt/--no-adopt",
+        help="move patients, orders and prior identifiers stored under the facility's name to the domain")] = True,
+    as_json: JsonOpt = False,
 ) -> None:
     """Add or change a RIS domain."""
     from dbserver.domains import add_domain
@@ -161,11 +220,17 @@ def domain_add(
     settings = _settings()
     _ready(settings)
     try:
-        domain = add_domain(settings, issuer, facility, report_host, report_port, application, description)
+        domain = add_domain(settings, issuer, facility, report_host, report_port, application, description, adopt)
     except ValueError as exc:
         _fail(str(exc), 2)
+    if as_json:
+        _print_json(domain)
+        return
     out.print(f"domain {domain['issuer']}: facility {domain['sending_facility'] or '—'}, "
               f"reports to {domain['report_to'] or '—'}")
+    if any(domain["adopted"].values()):
+        counts = ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in domain["adopted"].items() if n)
+        out.print(f"adopted from {domain['sending_facility']}: {counts}")
 
 
 @domain_app.command("list")
@@ -180,7 +245,7 @@ def domain_list(as_json: JsonOpt = False) -> None:
 
 
 @domain_app.command("remove")
-def domain_remove(issuer: str) -> None:
+def domain_remove(issuer: str, as_json: JsonOpt = False) -> None:
     """Remove a RIS domain."""
     from dbserver.domains import remove_domain
 
@@ -188,6 +253,9 @@ def domain_remove(issuer: str) -> None:
     _ready(settings)
     if not remove_domain(settings, issuer):
         _fail(f"no domain {issuer!r}")
+    if as_json:
+        _print_json({"issuer": issuer, "removed": True})
+        return
     out.print(f"removed {issuer}")
 
 

@@ -60,7 +60,8 @@ class UTCDateTime(TypeDecorator):
     def process_result_value(self, value, dialect):  # noqa: ANN001, ANN201
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
-        return value
+        # PostgreSQL answers in its session's time zone, which need not be UTC
+        return value.astimezone(timezone.utc) if value is not None else None
 
 
 UID = String(64)

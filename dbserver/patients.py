@@ -16,6 +16,16 @@ from sqlalchemy.orm import Session
 from dbserver.models import Change, Order, Patient, PatientPriorId, Study, utcnow
 
 
+# the issuer of a patient made for a study whose images carry no Patient ID:
+# such studies are never merged with one another (dbserver.registration)
+NO_PATIENT_ID = "~no-patient-id:"
+
+
+def named_issuer(issuer: str) -> str:
+    """An Issuer of Patient ID as the images or the RIS named it ("" for none)."""
+    return "" if issuer.startswith(NO_PATIENT_ID) else issuer
+
+
 class PatientIdentityError(ValueError):
     """The change cannot be applied (unknown patient, identifier taken)."""
 

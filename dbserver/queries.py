@@ -21,7 +21,7 @@ from dbserver.models import (
     utcnow,
 )
 from dbserver.registration import NO_PATIENT_ID
-from dbserver.validation import HIDDEN, QUARANTINED
+from dbserver.validation import ACCEPTED, DEMOGRAPHICS, HIDDEN, QUARANTINED, RECONCILED, REJECTED
 from services.db import run_in_transaction, unit_of_work
 from services.dicom import check_uid
 from services.settings import Settings
@@ -32,6 +32,21 @@ def audit(session: Session, action: str, resource_type: str = "", resource_uid: 
     session.add(AuditEvent(at=utcnow(), actor=actor or f"cli:{getpass.getuser()}", action=action,
                            resource_type=resource_type, resource_uid=resource_uid, outcome=outcome,
                            detail=json.dumps(detail, default=str)))
+
+
+def audit_now(settings: Settings, action: str, resource_type: str = "", resource_uid: str = "",
+              actor: str | None = None, outcome: str = "success", **detail: Any) -> None:
+    """:func:`audit` in a transaction of its own: an attempt that failed
+    (and changed nothing) is recorded all the same."""
+    run_in_transaction(lambda s: audit(s, action, resource_type, resource_uid[:64], actor=actor, outcome=outcome,
+                                       **detail), settings)
+
+
+def validation_status(settings: Settings, study_uid: str) -> str | None:
+    """A study's validation status; None for an unknown study."""
+    check_uid(study_uid, "Study Instance UID")
+    with unit_of_work(settings) as session:
+        return session.scalar(select(Study.validation_status).where(Study.study_instance_uid == study_uid))
 
 
 def _study_dict(study: Study, patient: Patient) -> dict[str, Any]:
@@ -45,6 +60,7 @@ def _study_dict(study: Study, patient: Patient) -> dict[str, Any]:
         "patient_sex": patient.patient_sex,
         "patient_from_ris": patient.ris_updated_at is not None,
         "accession_number": study.accession_number,
+        "issuer_of_accession_number": study.issuer_of_accession_number,
         "study_date": study.study_date,
         "study_time": study.study_time,
         "study_description": study.study_description,
@@ -59,15 +75,25 @@ def _study_dict(study: Study, patient: Patient) -> dict[str, Any]:
     }
 
 
+QUARANTINE_STATES = {QUARANTINED: (QUARANTINED,), REJECTED: (REJECTED,), ACCEPTED: (ACCEPTED,),
+                     RECONCILED: (RECONCILED,), "all": (QUARANTINED, REJECTED, ACCEPTED, RECONCILED)}
+
+
 def list_studies(settings: Settings, actor: str | None = None, limit: int | None = None,
-                 quarantined: bool = False) -> list[dict[str, Any]]:
-    """The clinical list (quarantined studies hidden), or with
-    ``quarantined`` only the quarantined ones, with why."""
+                 quarantined: bool = False, state: str = QUARANTINED) -> list[dict[str, Any]]:
+    """The clinical list (quarantined and rejected studies hidden), or with
+    ``quarantined`` the studies of the quarantine in ``state``
+    (:data:`QUARANTINE_STATES`), with why; their patient fields are what
+    each study's own images carry (the patient row keeps the first
+    demographics seen for its Patient ID)."""
+    if quarantined and state not in QUARANTINE_STATES:
+        raise ValueError(f"unknown state {state!r}; one of: {', '.join(QUARANTINE_STATES)}")
+
     def work(session: Session) -> list[dict[str, Any]]:
         query = select(Study, Patient).join(Patient, Study.patient_fk == Patient.id).order_by(
             Study.last_received_at.desc())
         if quarantined:
-            query = query.where(Study.validation_status == QUARANTINED)
+            query = query.where(Study.validation_status.in_(QUARANTINE_STATES[state]))
         else:
             query = query.where(Study.validation_status.not_in(HIDDEN))
         if limit:
@@ -77,6 +103,8 @@ def list_studies(settings: Settings, actor: str | None = None, limit: int | None
             row = _study_dict(study, patient)
             if quarantined:
                 row["validation_detail"] = json.loads(study.validation_detail or "{}")
+                row.update({k: v for k, v in row["validation_detail"].get("received", {}).items()
+                            if k in DEMOGRAPHICS})
             rows.append(row)
         audit(session, "quarantine-list" if quarantined else "study-list", "study", actor=actor, count=len(rows))
         return rows
@@ -141,7 +169,9 @@ ROLES = {"store", "query", "move", "get", "worklist", "commit", "destination"}
 
 
 def add_node(settings: Settings, ae_title: str, host: str, port: int, roles: list[str],
-             description: str = "") -> dict[str, Any]:
+             description: str = "", issuer: str = "") -> dict[str, Any]:
+    """Add a node; ``issuer`` is the Issuer of Patient ID (a RIS domain) of
+    the images it sends without one."""
     bad = set(roles) - ROLES
     if bad:
         raise ValueError(f"unknown role(s) {', '.join(sorted(bad))}; known: {', '.join(sorted(ROLES))}")
@@ -149,15 +179,19 @@ def add_node(settings: Settings, ae_title: str, host: str, port: int, roles: lis
         raise ValueError("an AE title is 1 to 16 characters, no backslash")
     if not 1 <= port <= 65535:
         raise ValueError("port must be 1 to 65535")
+    issuer = issuer.strip()
+    if len(issuer) > 64 or any(c in issuer for c in "|^~\\&"):
+        raise ValueError("an issuer is at most 64 characters, none of | ^ ~ \\ &")
 
     def work(session: Session) -> dict[str, Any]:
         if session.scalar(select(DicomNode.id).where(DicomNode.ae_title == ae_title.strip())):
             raise ValueError(f"a node with AE title {ae_title.strip()!r} exists already")
         node = DicomNode(ae_title=ae_title.strip(), host=host, port=port, roles=",".join(sorted(set(roles))),
-                         description=description)
+                         description=description, issuer_of_patient_id=issuer)
         session.add(node)
-        audit(session, "node-add", "node", ae_title.strip(), host=host, port=port)
-        return {"ae_title": node.ae_title, "host": host, "port": port, "roles": sorted(set(roles))}
+        audit(session, "node-add", "node", ae_title.strip(), host=host, port=port, issuer=issuer)
+        return {"ae_title": node.ae_title, "host": host, "port": port, "roles": sorted(set(roles)),
+                "issuer_of_patient_id": issuer}
 
     return run_in_transaction(work, settings)
 
@@ -165,7 +199,8 @@ def add_node(settings: Settings, ae_title: str, host: str, port: int, roles: lis
 def list_nodes(settings: Settings) -> list[dict[str, Any]]:
     with unit_of_work(settings) as session:
         return [{"ae_title": n.ae_title, "host": n.host, "port": n.port,
-                 "roles": [r for r in n.roles.split(",") if r], "description": n.description}
+                 "roles": [r for r in n.roles.split(",") if r], "description": n.description,
+                 "issuer_of_patient_id": n.issuer_of_patient_id}
                 for n in session.scalars(select(DicomNode).order_by(DicomNode.ae_title))]
 
 

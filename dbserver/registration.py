@@ -20,8 +20,19 @@ from typing import Any
 from sqlalchemy import distinct, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
+from dbserver.models import (
+    Change,
+    DicomNode,
+    Instance,
+    Patient,
+    PatientPriorId,
+    Series,
+    Study,
+    SupersededObject,
+    utcnow,
+)
+from dbserver.patients import NO_PATIENT_ID
 from dbserver.validation import DEMOGRAPHICS, validate_studies
-from dbserver.models import Change, Instance, Patient, PatientPriorId, Series, Study, SupersededObject, utcnow
 from services.db import run_in_transaction, unit_of_work
 from services.dicom import check_uid
 from services.settings import Settings, get_settings
@@ -68,9 +79,6 @@ def _clean(items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-NO_PATIENT_ID = "~no-patient-id:"
-
-
 def patient_issuer(item: dict[str, Any]) -> str:
     """The issuer that, with the Patient ID, identifies a patient. Objects
     without a Patient ID are never merged with one another: each study gets
@@ -106,6 +114,23 @@ def _patient_keys(session: Session, keys: set[tuple[str, str]], pk,  # noqa: ANN
     return {(pid, issuer): fk for pid, issuer, fk in rows}
 
 
+def _default_issuers(session: Session, batch: list[dict[str, Any]], settings: Settings) -> None:
+    """Images with a Patient ID and no Issuer of Patient ID (what most
+    modalities send) take the issuer of the node that sent them (``pacs node
+    add … --issuer``), else ``PACS_DEFAULT_ISSUER_OF_PATIENT_ID``: their
+    patient is then the one of that RIS domain, prior identifiers included.
+    The stored objects stay as received."""
+    bare = [i for i in batch if i["patient_id"] and not i["issuer_of_patient_id"]]
+    if not bare:
+        return
+    aes = {(i.get("calling_ae_title") or "").strip() for i in bare} - {""}
+    by_node = dict(session.execute(select(DicomNode.ae_title, DicomNode.issuer_of_patient_id).where(
+        DicomNode.ae_title.in_(aes), DicomNode.issuer_of_patient_id != "")).all()) if aes else {}
+    default = settings.default_issuer_of_patient_id.strip()
+    for i in bare:
+        i["issuer_of_patient_id"] = by_node.get((i.get("calling_ae_title") or "").strip()) or default
+
+
 def _patients(session: Session, batch: list[dict[str, Any]], now: datetime) -> dict[tuple[str, str], int]:
     """The patient row of each (Patient ID, issuer) of the batch. A new one
     keeps the first demographics seen; an identifier the RIS merged or
@@ -131,6 +156,7 @@ def _register(session: Session, batch: list[dict[str, Any]], settings: Settings)
     now = utcnow()
     counts = {"new": 0, "existing": 0, "superseded": 0}
 
+    _default_issuers(session, batch, settings)
     patient_ids = _patients(session, batch, now)
 
     study_uids = {i["study_instance_uid"] for i in batch}
@@ -139,7 +165,9 @@ def _register(session: Session, batch: list[dict[str, Any]], settings: Settings)
         {"study_instance_uid": i["study_instance_uid"],
          "patient_fk": patient_ids[(i["patient_id"], i["issuer_of_patient_id"])],
          "study_date": i.get("study_date", ""), "study_time": i.get("study_time", ""),
-         "accession_number": i.get("accession_number", ""), "study_id": i.get("study_id", ""),
+         "accession_number": i.get("accession_number", ""),
+         "issuer_of_accession_number": (i.get("issuer_of_accession_number") or "").strip()[:64],
+         "study_id": i.get("study_id", ""),
          "study_description": i.get("study_description", ""),
          "referring_physician_name": i.get("referring_physician_name", ""),
          "last_received_at": now, "stable_at": now, "stable": False, "created_at": now}

@@ -30,7 +30,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dbserver.models import Change, Order, Patient, Study, utcnow
-from dbserver.patients import prior_ids
+from dbserver.patients import named_issuer, prior_ids
 from services.settings import Settings
 
 VERIFIED = "verified"
@@ -83,16 +83,64 @@ def differences(images: dict[str, str], order_patient: Patient,
     return out
 
 
+class AmbiguousAccession(ValueError):
+    """An accession number that orders of several issuers (RIS domains)
+    carry, with nothing to tell which one is meant."""
+
+    def __init__(self, accession: str, issuers: Collection[str]) -> None:
+        self.accession, self.issuers = accession, sorted(issuers)
+        super().__init__(f"accession number {accession} is ambiguous: orders of issuers "
+                         f"{', '.join(self.issuers)}; name one with --issuer")
+
+
 def _order_for(session: Session, study: Study, patient: Patient) -> tuple[Order, Patient] | None:
+    """The order of the study's accession number: of the study's Issuer of
+    Accession Number when its images name one, else of its Issuer of
+    Patient ID's domain when there is one (named by the images or given to
+    them by their node or PACS_DEFAULT_ISSUER_OF_PATIENT_ID), else the only
+    order with that accession number. Several candidates:
+    :class:`AmbiguousAccession`, never one of them at random."""
     rows = session.execute(select(Order, Patient).join(Patient, Order.patient_fk == Patient.id)
                            .where(Order.accession_number == study.accession_number)).all()
-    if not rows:
-        return None
-    # the same accession in several RIS domains: prefer the study's own domain
-    for order, order_patient in rows:
-        if order_patient.issuer_of_patient_id == patient.issuer_of_patient_id:
-            return order, order_patient
-    return rows[0][0], rows[0][1]
+    domain = named_issuer(patient.issuer_of_patient_id)
+    if study.issuer_of_accession_number:
+        rows = [r for r in rows if r[0].issuer_of_accession_number == study.issuer_of_accession_number]
+    elif domain:
+        rows = [r for r in rows if domain in (r[0].issuer_of_accession_number, r[1].issuer_of_patient_id)]
+    if len(rows) > 1:
+        raise AmbiguousAccession(study.accession_number, {order.issuer_of_accession_number for order, _ in rows})
+    return (rows[0][0], rows[0][1]) if rows else None
+
+
+def _outcome(session: Session, study: Study, patient: Patient, images: dict[str, str], settings: Settings,
+             ask_ris: bool) -> tuple[str, dict[str, Any]]:
+    """The validation status of one study and its detail; links the study
+    to its order (and, unless quarantined, to the order's patient)."""
+    try:
+        found = _order_for(session, study, patient) if study.accession_number else None
+    except AmbiguousAccession as exc:  # an administrator decides (reconcile --issuer)
+        return QUARANTINED, {
+            "accession_number": study.accession_number, "ambiguous_issuers": exc.issuers, "differences": {},
+            "reason": f"accession number {study.accession_number} is ambiguous: orders of issuers "
+                      f"{', '.join(exc.issuers)} match and nothing in the images tells which; decide with "
+                      f"pacs quarantine reconcile UID --accession {study.accession_number} --issuer ISSUER"}
+    if found is None:
+        if study.accession_number and ask_ris and settings.ris_mwl_ae:
+            return PENDING, {"reason": f"asking the RIS worklist {settings.ris_mwl_ae}"}
+        return UNVERIFIED, {"reason": "no accession number" if not study.accession_number else "no order"}
+    order, order_patient = found
+    study.order_fk = order.id
+    diff = differences(images, order_patient, prior_ids(session, order_patient))
+    if not diff:
+        status = VERIFIED
+    elif settings.validation_policy == "coerce":
+        status = COERCED
+    else:
+        status = QUARANTINED
+    if status != QUARANTINED:  # the RIS is the master of demographics from now on (A08, A40)
+        study.patient_fk = order_patient.id
+    return status, {"accession_number": order.accession_number,
+                    "issuer_of_accession_number": order.issuer_of_accession_number, "differences": diff}
 
 
 def validate_studies(session: Session, study_ids: set[int], settings: Settings, ask_ris: bool = True,
@@ -107,31 +155,9 @@ def validate_studies(session: Session, study_ids: set[int], settings: Settings, 
     now = utcnow()
     for study, patient in session.execute(select(Study, Patient).join(Patient, Study.patient_fk == Patient.id)
                                           .where(Study.id.in_(study_ids))).all():
-        found = _order_for(session, study, patient) if study.accession_number else None
         images = ((received or {}).get(study.id) or json.loads(study.validation_detail or "{}").get("received")
                   or demographics(patient))
-        detail: dict[str, Any] = {}
-        if found is None:
-            if study.accession_number and ask_ris and settings.ris_mwl_ae:
-                status = PENDING
-                detail = {"reason": f"asking the RIS worklist {settings.ris_mwl_ae}"}
-            else:
-                status = UNVERIFIED
-                detail = {"reason": "no accession number" if not study.accession_number else "no order"}
-        else:
-            order, order_patient = found
-            study.order_fk = order.id
-            diff = differences(images, order_patient, prior_ids(session, order_patient))
-            if not diff:
-                status = VERIFIED
-            elif settings.validation_policy == "coerce":
-                status = COERCED
-            else:
-                status = QUARANTINED
-            if status != QUARANTINED:  # the RIS is the master of demographics from now on (A08, A40)
-                study.patient_fk = order_patient.id
-            detail = {"accession_number": order.accession_number,
-                      "issuer_of_accession_number": order.issuer_of_accession_number, "differences": diff}
+        status, detail = _outcome(session, study, patient, images, settings, ask_ris)
         detail["received"] = images
         study.validation_status = status
         study.validation_detail = json.dumps(detail)
@@ -151,10 +177,12 @@ def revalidate_accession(session: Session, accession: str, settings: Settings) -
 
 
 def decide(session: Session, study_uid: str, decision: str, actor: str, reason: str,
-           accession: str | None = None) -> dict[str, Any]:
+           accession: str | None = None, issuer: str | None = None) -> dict[str, Any]:
     """An administrator's decision on a quarantined study: ``reconcile``
-    (take the demographics of the order with ``accession``), ``accept``
-    (as received) or ``reject``. Audited with who and why."""
+    (take the demographics of the order with ``accession``, of ``issuer``
+    when several domains have that accession number), ``accept`` (as
+    received) or ``reject``. Audited with who and why; returns the study's
+    new state."""
     from dbserver.queries import audit
 
     study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
@@ -166,15 +194,11 @@ def decide(session: Session, study_uid: str, decision: str, actor: str, reason: 
         raise ValueError("say why (--reason)")
     detail = json.loads(study.validation_detail or "{}")
     if decision == "reconcile":
-        if not accession:
-            raise ValueError("reconcile needs the accession number of the order to take")
-        order_row = session.execute(select(Order, Patient).join(Patient, Order.patient_fk == Patient.id)
-                                    .where(Order.accession_number == accession)).first()
-        if order_row is None:
-            raise LookupError(f"no order with accession number {accession}")
-        order, order_patient = order_row
+        order, order_patient = order_for_accession(session, accession, issuer)
         study.order_fk, study.patient_fk = order.id, order_patient.id
         study.accession_number = order.accession_number
+        detail.update(accession_number=order.accession_number,
+                      issuer_of_accession_number=order.issuer_of_accession_number)
         status = RECONCILED
     elif decision == "accept":
         status = ACCEPTED
@@ -188,5 +212,43 @@ def decide(session: Session, study_uid: str, decision: str, actor: str, reason: 
     session.add(Change(change_type=f"study-{status}", resource_type="study", resource_uid=study_uid,
                        created_at=utcnow()))
     audit(session, f"quarantine-{decision}", "study", study_uid, actor=actor, reason=reason,
-          accession=accession or "")
-    return {"study_instance_uid": study_uid, "validation_status": status}
+          accession=accession or "", issuer=issuer or "")
+    return {"study_instance_uid": study_uid, "validation_status": status,
+            "accession_number": study.accession_number,
+            "issuer_of_accession_number": detail.get("issuer_of_accession_number", ""),
+            "decision": detail["decision"]}
+
+
+def order_for_accession(session: Session, accession: str | None, issuer: str | None) -> tuple[Order, Patient]:
+    """The order an administrator names: ``accession``, of ``issuer`` when
+    given. An accession number that orders of several issuers carry, with no
+    issuer named, is refused (:class:`AmbiguousAccession`), never guessed."""
+    if not accession:
+        raise ValueError("reconcile needs the accession number of the order to take (--accession)")
+    query = select(Order, Patient).join(Patient, Order.patient_fk == Patient.id).where(
+        Order.accession_number == accession)
+    if issuer:
+        query = query.where(Order.issuer_of_accession_number == issuer)
+    rows = session.execute(query).all()
+    if not rows:
+        raise LookupError(f"no order with accession number {accession}" + (f" of issuer {issuer}" if issuer else ""))
+    if len(rows) > 1:
+        raise AmbiguousAccession(accession, {order.issuer_of_accession_number for order, _ in rows})
+    return rows[0][0], rows[0][1]
+
+
+def record_decision(settings: Settings, study_uid: str, decision: str, actor: str, reason: str,
+                    accession: str | None = None, issuer: str | None = None) -> dict[str, Any]:
+    """:func:`decide` in a transaction of its own; a decision that fails
+    (unknown study or order, a study not quarantined, no reason…) changes
+    nothing and is audited with outcome ``failure``, then raised."""
+    from dbserver.queries import audit_now
+    from services.db import run_in_transaction
+
+    try:
+        return run_in_transaction(lambda s: decide(s, study_uid, decision, actor, reason, accession, issuer),
+                                  settings)
+    except (LookupError, ValueError) as exc:
+        audit_now(settings, f"quarantine-{decision}", "study", study_uid, actor=actor, outcome="failure",
+                  reason=reason, accession=accession or "", issuer=issuer or "", error=str(exc).strip("'\""))
+        raise

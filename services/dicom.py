@@ -13,6 +13,7 @@ from typing import Any
 import pydicom
 from pydicom import uid as _uid
 from pydicom.errors import InvalidDicomError as _PydicomInvalid
+from pydicom.filereader import read_sequence
 
 from services.dicomscan import Unsupported, scan, scan_meta
 from services.errors import InvalidDicomError
@@ -90,6 +91,7 @@ class Header:
     study_date: str = ""
     study_time: str = ""
     accession_number: str = ""
+    issuer_of_accession_number: str = ""
     study_id: str = ""
     study_description: str = ""
     referring_physician_name: str = ""
@@ -134,7 +136,7 @@ _DATE_ATTRS = {"patient_birth_date", "study_date"}
 _KEYWORDS = {
     int(pydicom.datadict.tag_for_keyword(k)): k
     for k in (*_TEXT_TAGS.values(), *_INT_TAGS.values(), "SpecificCharacterSet", "SOPClassUID",
-              "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+              "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "IssuerOfAccessionNumberSequence")
 }
 _WANTED = frozenset(_KEYWORDS)
 _LIMITS = {"patient_name": 324, "referring_physician_name": 324, "patient_sex": 16,
@@ -269,6 +271,28 @@ def read_header_parts(file_meta: bytes, dataset: bytes) -> Header:
     return read_header(file_meta + dataset)
 
 
+def _issuer_of_accession_number(ds: pydicom.Dataset | dict, ts: str) -> str:
+    """The first item of the Issuer of Accession Number Sequence (0008,0051;
+    PS3.3 C.7.2.1, HL7v2 Hierarchic Designator Macro): its Local Namespace
+    Entity ID, else its Universal Entity ID. "" when absent or unreadable."""
+    try:
+        value = ds.get("IssuerOfAccessionNumberSequence")
+        if isinstance(value, bytes):  # the scan's raw value
+            charset = ds.get("SpecificCharacterSet") or "ISO_IR 6"
+            value = read_sequence(io.BytesIO(value), ts == _uid.ImplicitVRLittleEndian, True, len(value),
+                                  [c.strip() for c in str(charset).split("\\")])
+        item = value[0] if value else None
+        if item is None:
+            return ""
+        for keyword in ("LocalNamespaceEntityID", "UniversalEntityID"):
+            text = _text(item, keyword, 64)
+            if text:
+                return text
+    except Exception:  # noqa: BLE001 - a malformed optional sequence is not fatal
+        return ""
+    return ""
+
+
 def _to_header(ds: pydicom.Dataset | dict, ts: str, meta_sop_class: str, meta_sop_instance: str) -> Header:
     try:
         header = Header(
@@ -287,6 +311,7 @@ def _to_header(ds: pydicom.Dataset | dict, ts: str, meta_sop_class: str, meta_so
             setattr(header, attr, _text(ds, keyword, _LIMITS.get(attr, 64)))
     for attr, keyword in _INT_TAGS.items():
         setattr(header, attr, _int(ds, keyword))
+    header.issuer_of_accession_number = _issuer_of_accession_number(ds, ts)
     if meta_sop_instance and meta_sop_instance.strip() != header.sop_instance_uid:
         raise InvalidDicomError(
             "file meta MediaStorageSOPInstanceUID differs from the dataset's SOP Instance UID"

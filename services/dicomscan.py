@@ -81,7 +81,10 @@ class _Scan:
             if length == _UNDEFINED:
                 if depth >= _MAX_DEPTH:
                     raise InvalidDicomError("sequences nested too deep")
-                pos = self.items(vpos, implicit or vr == b"UN", depth + 1)
+                end_of_value = self.items(vpos, implicit or vr == b"UN", depth + 1)
+                if depth == 0 and ((group << 16) | elem) in self.wanted:  # a sequence, delimiter included
+                    self.found[(group << 16) | elem] = (vr, end_of_value - vpos, vpos)
+                pos = end_of_value
                 continue
             pos = vpos + length
             if pos > size:
@@ -123,6 +126,7 @@ class _Scan:
 _SIMPLE_CHARSETS = {"": "ascii", "ISO_IR 6": "ascii", "ISO 2022 IR 6": "ascii", "ISO_IR 100": "latin-1",
                     "ISO_IR 192": "utf-8"}
 _US_TAGS = frozenset({0x00280010, 0x00280011})  # Rows, Columns
+SEQUENCE_TAGS = frozenset({0x00080051})  # Issuer of Accession Number Sequence
 _CHARSET_TAG = 0x00080005
 
 
@@ -132,8 +136,9 @@ def scan(buf: bytes | memoryview, start: int, transfer_syntax_uid: str, wanted: 
 
     With ``keywords`` (tag -> keyword) and a simple character set, return the
     ``wanted`` top-level values decoded directly, keyed by keyword (text as
-    str, US as int). Otherwise return a Dataset holding only the ``wanted``
-    elements, raw, converted by pydicom on access."""
+    str, US as int, a sequence of :data:`SEQUENCE_TAGS` as its raw value).
+    Otherwise return a Dataset holding only the ``wanted`` elements, raw,
+    converted by pydicom on access."""
     if transfer_syntax_uid in (BIG_ENDIAN, DEFLATED):
         raise Unsupported(transfer_syntax_uid)
     implicit = transfer_syntax_uid == IMPLICIT_LE
@@ -148,7 +153,9 @@ def scan(buf: bytes | memoryview, start: int, transfer_syntax_uid: str, wanted: 
             values: dict[str, object] = {}
             for tag, (_vr, length, vpos) in s.found.items():
                 raw = bytes(buf[vpos:vpos + length])
-                if tag in _US_TAGS:
+                if tag in SEQUENCE_TAGS:  # left to the caller, raw
+                    values[keywords[tag]] = raw
+                elif tag in _US_TAGS:
                     values[keywords[tag]] = _unpack_u16(raw, 0)[0] if length >= 2 else None
                 else:
                     values[keywords[tag]] = raw.decode(codec, "replace").rstrip("\x00 ").strip()

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     ris_mwl_port: int = Field(104, ge=1, le=65535)
     ris_mwl_issuer: str = ""  # issuer of its Patient IDs when it names none; default its AE title
     ris_retry_seconds: float = Field(15.0, gt=0)  # pending studies asked again this often
+    # the Issuer of Patient ID (a RIS domain) of images that carry none, unless
+    # their node names one (pacs node add --issuer); "" → none
+    default_issuer_of_patient_id: str = Field("", max_length=64)
 
     # --- other ports -------------------------------------------------------
     http_port: int = Field(8080, ge=1, le=65535)

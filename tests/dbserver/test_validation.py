@@ -43,6 +43,17 @@ def test_verified_quarantined_and_unverified(cluster: Cluster, tmp_path: Path) -
     assert cluster.pacs("quarantine", "show", "1.2.3.999", check=False).returncode == 1
     # stored all the same: its instance is indexed and archived
     assert cluster.status()["counts"]["instances"] == 3
+    # but it does not leave undecided, unless forced (audited)
+    refused = cluster.pacs("export", bad, "--out", str(tmp_path / "exp-bad"), check=False)
+    assert refused.returncode == 1 and "quarantined" in refused.stderr and "--force" in refused.stderr
+    assert not (tmp_path / "exp-bad").exists() or not list((tmp_path / "exp-bad").iterdir())
+    cluster.pacs("export", bad, "--out", str(tmp_path / "exp-forced"), "--force")
+    [forced] = (tmp_path / "exp-forced").iterdir()
+    assert pydicom.dcmread(forced).PatientBirthDate == "19710505", "as received"
+    assert [o for o, _ in cluster.sql("SELECT outcome, detail FROM audit_events WHERE action = 'export' "
+                                      "AND resource_uid = ? ORDER BY id", bad)] == ["failure", "success"]
+    assert '"forced": true' in cluster.sql("SELECT detail FROM audit_events WHERE action = 'export' "
+                                           "AND outcome = 'success' AND resource_uid = ?", bad)[0][0]
 
     # images before their order: unverified, then checked when the order arrives
     early = send_study(cluster, tmp_path / "early", "V-4", "PV4", "EARLY^ERIN", "19850505", "F", seed=2)
