@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pydicom
+import pydicom.charset
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
@@ -27,6 +28,24 @@ _KEYS = {"PatientName": "patient_name", "PatientID": "patient_id", "PatientBirth
          "PatientSex": "patient_sex", "AccessionNumber": "accession_number"}
 
 
+def _fits(ds: Dataset, values: list[str]) -> bool:
+    """Whether the object's own character set can carry these values."""
+    declared = ds.get("SpecificCharacterSet")
+    # none declared: the default repertoire, ASCII (pydicom would read Latin-1)
+    charsets = pydicom.charset.convert_encodings(declared) if declared else ["ascii"]
+
+    def one(value: str) -> bool:
+        for codec in charsets:
+            try:
+                value.encode(codec)
+                return True
+            except (UnicodeEncodeError, LookupError):
+                continue
+        return False
+
+    return all(one(v) for v in values)
+
+
 def outgoing(data: bytes, study: dict[str, Any]) -> bytes:
     """The object as it should leave: ``data`` itself, or a copy carrying
     the index's demographics and the replaced values. They apply when the
@@ -36,15 +55,26 @@ def outgoing(data: bytes, study: dict[str, Any]) -> bytes:
     if status not in RIS_OWNED and not (study.get("patient_from_ris") and status not in AS_RECEIVED):
         return data
     ds = pydicom.dcmread(io.BytesIO(data))
-    replaced = Dataset()
+    changes: dict[str, str] = {}
     for keyword, key in _KEYS.items():
         want = str(study.get(key) or "")
-        have = str(ds.get(keyword, "") or "")
-        if want and have != want:
-            setattr(replaced, keyword, have)
-            setattr(ds, keyword, want)
-    if not len(replaced):
+        if keyword == "PatientBirthDate" and len(want) != 8:
+            continue  # a birth year or month from the RIS is no DICOM date
+        if want and str(ds.get(keyword, "") or "") != want:
+            changes[keyword] = want
+    if not changes:
         return data
+    replaced = Dataset()
+    if not _fits(ds, list(changes.values())):
+        # UTF-8 (ISO_IR 192) for values the object's character set cannot
+        # carry: every text value is decoded first, so the rest is written
+        # again, unchanged, in UTF-8; the character set replaced is kept
+        ds.decode()
+        replaced.SpecificCharacterSet = ds.get("SpecificCharacterSet", "")
+        ds.SpecificCharacterSet = "ISO_IR 192"
+    for keyword, want in changes.items():
+        setattr(replaced, keyword, str(ds.get(keyword, "") or ""))
+        setattr(ds, keyword, want)
     item = Dataset()
     item.ModifiedAttributesSequence = Sequence([replaced])
     item.AttributeModificationDateTime = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")

@@ -208,11 +208,16 @@ def _time_ok(hhmmss: str, rng: tuple[str, str]) -> bool:
     return rng[0] <= hhmmss <= rng[1]
 
 
+def _full_date(value: str) -> str:
+    """A DICOM DA, or '' for a partial date (a birth year the RIS sent)."""
+    return value if len(value) == 8 else ""
+
+
 def _values(order: Order, patient: Patient) -> tuple[dict[str, str], dict[str, str]]:
     start = order.scheduled_start
     top = {
         "PatientName": patient.patient_name, "PatientID": patient.patient_id,
-        "IssuerOfPatientID": patient.issuer_of_patient_id, "PatientBirthDate": patient.patient_birth_date,
+        "IssuerOfPatientID": patient.issuer_of_patient_id, "PatientBirthDate": _full_date(patient.patient_birth_date),
         "PatientSex": patient.patient_sex, "AccessionNumber": order.accession_number,
         "StudyInstanceUID": order.study_instance_uid, "RequestedProcedureID": order.requested_procedure_id,
         "RequestedProcedureDescription": order.requested_procedure_description,
@@ -292,7 +297,8 @@ def list_orders(settings: Settings, status: str | None = None) -> list[dict[str,
             "requested_procedure_description": o.requested_procedure_description,
             "procedure_code_value": o.procedure_code_value, "procedure_coding_scheme": o.procedure_coding_scheme,
             "modality": o.modality, "scheduled_station_ae_title": o.scheduled_station_ae_title,
-            "scheduled_start": o.scheduled_start.isoformat() if o.scheduled_start else None,
+            # the site's wall-clock time, as the worklist serves it
+            "scheduled_start": o.scheduled_start.replace(tzinfo=None).isoformat() if o.scheduled_start else None,
             "status": o.status, "source": o.source,
         } for o, p in session.execute(stmt)]
 

@@ -25,13 +25,15 @@ ID in two RIS domains is two patients.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import hl7
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from dbserver.models import Hl7Message, Order, RisDomain, utcnow
@@ -39,6 +41,7 @@ from dbserver.patients import PatientIdentityError, change_patient_id, merge_pat
 from dbserver.validation import revalidate_accession
 from dbserver.worklist import CANCELLED, COMPLETED, SCHEDULED, OrderFields, save_order, save_patient
 from services.db import run_in_transaction
+from services.dicom import is_valid_uid
 from services.mllp import CharsetError, FrameReader, FrameTooLarge, declared_charset, decode_message, escape, frame
 from services.net import accept_loop
 from services.settings import Settings
@@ -58,7 +61,15 @@ class Hl7Error(Exception):
 
 
 class Hl7Reject(Exception):
-    """The message is not one we take: answered AR."""
+    """The message is not one we take, or cannot be taken now: answered AR
+    with an HL7 table 0357 ``code`` (200 unsupported message type, 201
+    unsupported event, 100 segment sequence, 102 data type, 207 application
+    error)."""
+
+    def __init__(self, message: str, code: str = "200", location: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.location = location
 
 
 # --- field access -------------------------------------------------------------
@@ -79,38 +90,100 @@ def _has_segment(msg: hl7.Message, name: str) -> bool:
         return False
 
 
+def _where(where: str) -> str:
+    """'PID-7' → 'PID^1^7' (ERR-2)."""
+    return where.replace("-", "^1^")
+
+
+_TS = re.compile(r"^(\d+)(?:\.\d*)?(?:([+-])(\d{2})(\d{2}))?$")  # digits, fraction, zone
+
+
 def _date(value: str, where: str) -> str:
-    """An HL7 DT/TS as DICOM DA (YYYYMMDD)."""
+    """An HL7 DT/TS as a date: YYYYMMDD, or YYYYMM / YYYY when that is all
+    the RIS knows (a birth year); the time of a TS is dropped."""
     if not value:
         return ""
-    digits = value[:8]
+    found = _TS.match(value)
+    digits = found.group(1) if found else ""
+    size = 8 if len(digits) >= 8 else len(digits)
     try:
-        datetime.strptime(digits, "%Y%m%d")
-    except ValueError:
-        raise Hl7Error(f"{where}: {value!r} is not a date", where.replace("-", "^1^"), "102") from None
-    return digits
+        datetime.strptime(digits[:size], {8: "%Y%m%d", 6: "%Y%m", 4: "%Y"}[size])
+    except (KeyError, ValueError):
+        raise Hl7Error(f"{where}: {value!r} is not a date", _where(where), "102") from None
+    return digits[:size]
 
 
 def _datetime(value: str, where: str) -> datetime | None:
-    """An HL7 TS (YYYYMMDD[HHMM[SS]]) as a UTC datetime (local time of the
-    RIS taken as UTC when it names no zone)."""
+    """An HL7 TS (YYYYMMDD[HH[MM[SS[.S]]]][+/-ZZZZ]) as the wall-clock time of
+    this site (what modalities show and the worklist serves), labelled UTC as
+    every scheduled time is: a time with a zone offset is converted to the
+    local zone of this machine; one without is taken as it is."""
     if not value:
         return None
-    text = value.split("+")[0].split("-")[0].split(".")[0]
+    found = _TS.match(value)
+    text = found.group(1) if found else ""
     fmt = {14: "%Y%m%d%H%M%S", 12: "%Y%m%d%H%M", 10: "%Y%m%d%H", 8: "%Y%m%d"}.get(len(text))
     try:
-        if fmt is None or not text.isdigit():
+        if fmt is None:
             raise ValueError(text)
-        return datetime.strptime(text, fmt).replace(tzinfo=timezone.utc)
+        when = datetime.strptime(text, fmt)
+        if found.group(2):
+            minutes = int(found.group(3)) * 60 + int(found.group(4))
+            offset = timezone(timedelta(minutes=minutes if found.group(2) == "+" else -minutes))
+            when = when.replace(tzinfo=offset).astimezone().replace(tzinfo=None)
+        return when.replace(tzinfo=timezone.utc)
     except ValueError:
-        raise Hl7Error(f"{where}: {value!r} is not a date/time", where.replace("-", "^1^"), "102") from None
+        raise Hl7Error(f"{where}: {value!r} is not a date/time", _where(where), "102") from None
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _text(value: str, limit: int) -> str:
+    """Free text (a description) for a DICOM LO/SH: no backslash (DICOM's
+    value separator) or control character, cut to ``limit``."""
+    return _CONTROL.sub(" ", value.replace("\\", " ")).strip()[:limit]
+
+
+def _code(value: str, limit: int, where: str) -> str:
+    """An identifier (patient ID, accession number, AE title…): refused,
+    never cut, when DICOM cannot carry it."""
+    if len(value) > limit:
+        raise Hl7Error(f"{where}: {value!r} is longer than {limit} characters", _where(where), "102")
+    if "\\" in value or _CONTROL.search(value):
+        raise Hl7Error(f"{where}: {value!r} holds a backslash or a control character", _where(where), "102")
+    return value
 
 
 def _person_name(msg: hl7.Message, segment: str, field: int) -> str:
     """XPN (family^given^middle^suffix^prefix) as DICOM PN
-    (family^given^middle^prefix^suffix)."""
-    parts = [_field(msg, segment, field, c) for c in (1, 2, 3, 5, 4)]
-    return "^".join(parts).rstrip("^")
+    (family^given^middle^prefix^suffix). An escaped delimiter inside a part
+    (``\\S\\``, ``\\E\\``) becomes a space: PN has no room for '^', '=' or '\\'."""
+    parts = [_CONTROL.sub(" ", re.sub(r"[\^=\\\\]", " ", _field(msg, segment, field, c))).strip()
+             for c in (1, 2, 3, 5, 4)]
+    name = "^".join(parts).rstrip("^")
+    if len(name) > 64:  # one PN component group
+        raise Hl7Error(f"{segment}-{field}: the name {name!r} is longer than 64 characters",
+                       f"{segment}^1^{field}", "102")
+    return name
+
+
+def _hex_escapes(raw: str, encoding: str) -> str:
+    """HL7 \\Xhh…\\ escapes (v2.5 §2.7.5) decoded as bytes in the message's
+    own character set (python-hl7 would take each byte as a character);
+    one that would decode to a delimiter is left as it is."""
+    escape_char = raw[6] if len(raw) > 6 else "\\"
+    delimiters = set(raw[3:8])
+    pattern = re.compile(re.escape(escape_char) + r"X((?:[0-9A-Fa-f]{2})+)" + re.escape(escape_char))
+
+    def decode(match: re.Match[str]) -> str:
+        try:
+            text = bytes.fromhex(match.group(1)).decode(encoding)
+        except (ValueError, LookupError):
+            return match.group(0)
+        return match.group(0) if set(text) & delimiters or _CONTROL.search(text) else text
+
+    return pattern.sub(decode, raw)
 
 
 _SEX = {"M": "M", "F": "F", "O": "O", "U": "", "A": "O", "N": ""}
@@ -145,8 +218,8 @@ def _patient_fields(msg: hl7.Message, issuer: str) -> dict[str, str]:
     if not patient_id:
         raise Hl7Error("PID-3 (patient identifier) is missing", "PID^1^3", "101")
     return {
-        "patient_id": patient_id,
-        "issuer_of_patient_id": patient_issuer,
+        "patient_id": _code(patient_id, 64, "PID-3"),
+        "issuer_of_patient_id": _code(patient_issuer, 64, "PID-3"),
         "patient_name": _person_name(msg, "PID", 5),
         "patient_birth_date": _date(_field(msg, "PID", 7), "PID-7"),
         "patient_sex": _SEX.get(_field(msg, "PID", 8).upper()[:1], ""),
@@ -173,7 +246,7 @@ def _prior(msg: hl7.Message, issuer: str) -> tuple[str, str]:
     prior_id, prior_issuer = _identifier(msg, "MRG", 1, issuer)
     if not prior_id:
         raise Hl7Error("MRG-1 (prior patient identifier) is missing", "MRG^1^1", "101")
-    return prior_id, prior_issuer
+    return _code(prior_id, 64, "MRG-1"), _code(prior_issuer, 64, "MRG-1")
 
 
 def apply_merge(session: Session, msg: hl7.Message, issuer: str, settings: Settings) -> str:
@@ -227,6 +300,11 @@ def apply_order(session: Session, msg: hl7.Message, issuer: str, settings: Setti
                           "ORC-7")
     if not accession:
         raise Hl7Error("no accession number (OBR-18 or IPC-1)", "IPC^1^1" if omi else "OBR^1^18", "101")
+    where = "IPC-1" if omi else "OBR-18"
+    accession = _code(accession, 16, where)  # DICOM SH: cut, it would be another order
+    if study_uid and not is_valid_uid(study_uid):
+        raise Hl7Error(f"{'IPC-3' if omi else 'ZDS-1'}: {study_uid!r} is not a UID",
+                       "IPC^1^3" if omi else "ZDS^1^1", "102")
     existing = session.scalar(select(Order).where(Order.accession_number == accession,
                                                   Order.issuer_of_accession_number == issuer))
     if control == "SC":
@@ -236,18 +314,27 @@ def apply_order(session: Session, msg: hl7.Message, issuer: str, settings: Setti
     if existing is None and status != SCHEDULED:
         raise Hl7Error(f"no order {accession} to {'cancel' if status == CANCELLED else 'update'}",
                        "ORC^1^1", "204")
-    save_order(session, OrderFields(
-        accession_number=accession[:16], issuer_of_accession_number=issuer, study_instance_uid=study_uid,
-        placer_order_number=_field(msg, "ORC", 2), filler_order_number=_field(msg, "ORC", 3),
-        requested_procedure_id=procedure_id[:16],
-        requested_procedure_description=_field(msg, "OBR", 4, 2)[:64],
-        procedure_code_value=_field(msg, "OBR", 4, 1)[:16], procedure_coding_scheme=_field(msg, "OBR", 4, 3)[:16],
-        scheduled_procedure_step_id=step_id[:16],
-        scheduled_procedure_step_description=_field(msg, "OBR", 4, 2)[:64],
-        modality=modality[:16], scheduled_station_ae_title=station_ae[:16],
-        scheduled_station_name=station_name[:16], scheduled_start=start,
-        referring_physician_name=_person_name(msg, "ORC", 12) or _person_name(msg, "OBR", 16),
-        status=status, **patient))
+    if existing is not None and control in ("CA", "OC", "DC", "SC"):
+        # a cancel or a status change says nothing about the rest of the order
+        existing.status = status
+        existing.updated_at = utcnow()
+    else:
+        description = _text(_field(msg, "OBR", 4, 2), 64)
+        save_order(session, OrderFields(
+            accession_number=accession, issuer_of_accession_number=issuer, study_instance_uid=study_uid,
+            placer_order_number=_text(_field(msg, "ORC", 2), 64),
+            filler_order_number=_text(_field(msg, "ORC", 3), 64),
+            requested_procedure_id=_code(procedure_id, 16, "IPC-2" if omi else "OBR-19"),
+            requested_procedure_description=description,
+            procedure_code_value=_code(_field(msg, "OBR", 4, 1), 16, "OBR-4"),
+            procedure_coding_scheme=_code(_field(msg, "OBR", 4, 3), 16, "OBR-4"),
+            scheduled_procedure_step_id=_code(step_id, 16, "IPC-4" if omi else "OBR-20"),
+            scheduled_procedure_step_description=description,
+            modality=_code(modality, 16, "IPC-5" if omi else "OBR-24"),
+            scheduled_station_ae_title=_code(station_ae, 16, "IPC-9" if omi else "OBR-21"),
+            scheduled_station_name=_text(station_name, 16), scheduled_start=start,
+            referring_physician_name=_person_name(msg, "ORC", 12) or _person_name(msg, "OBR", 16),
+            status=status, **patient))
     if status == SCHEDULED:  # images that came before their order are checked now
         late = revalidate_accession(session, accession, settings)
         if late:
@@ -264,12 +351,24 @@ HANDLERS = {
 
 # --- one message in, one ACK out ----------------------------------------------------------
 def _log(session: Session, raw: str, remote: str, msg: hl7.Message | None, ack: str, error: str) -> None:
+    def head(field: int, limit: int, component: int = 1) -> str:
+        return _field(msg, "MSH", field, component)[:limit].replace("\x00", "") if msg is not None else ""
+
     session.add(Hl7Message(
-        at=utcnow(), direction="in", remote=remote, raw=raw, ack_code=ack, error=error[:2000],
-        message_type=_field(msg, "MSH", 9, 1) + "^" + _field(msg, "MSH", 9, 2) if msg else "",
-        message_control_id=_field(msg, "MSH", 10) if msg else "",
-        sending_application=_field(msg, "MSH", 3) if msg else "",
-        sending_facility=_field(msg, "MSH", 4) if msg else ""))
+        at=utcnow(), direction="in", remote=remote[:255], ack_code=ack,
+        raw=raw.replace("\x00", "\\x00"),  # PostgreSQL text holds no NUL
+        error=error.replace("\x00", "")[:2000],
+        message_type=f"{head(9, 15)}^{head(9, 15, 2)}" if msg is not None else "",
+        message_control_id=head(10, 64), sending_application=head(3, 255), sending_facility=head(4, 255)))
+
+
+# HL7 table 0357, message error condition codes
+ERROR_CODES = {
+    "100": "Segment sequence error", "101": "Required field missing", "102": "Data type error",
+    "103": "Table value not found", "200": "Unsupported message type", "201": "Unsupported event code",
+    "202": "Unsupported processing id", "203": "Unsupported version id", "204": "Unknown key identifier",
+    "205": "Duplicate key identifier", "206": "Application record locked", "207": "Application internal error",
+}
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -303,7 +402,7 @@ def _ack(msg: hl7.Message | None, code: str, text: str = "", error: Hl7Error | N
     if code != "AA":
         location = error.location if error else ""
         err_code = error.code if error else "200"
-        err_text = "Unsupported message type" if code == "AR" else "Error"
+        err_text = ERROR_CODES.get(err_code, "Error")
         legacy = ""  # ERR-1, ELD: segment^sequence^field^code&text&table
         if _version(version) < (2, 5):
             where = ((location or "MSH^1").split("^") + ["", "", ""])[:3]
@@ -321,7 +420,7 @@ def _check_delimiters(raw: str) -> None:
     if (len(encoding) not in (4, 5) or len(set(chars)) != len(chars)
             or any(c.isalnum() or c.isspace() for c in chars)):
         raise Hl7Reject(f"MSH-1/MSH-2 delimiters {chars!r} are not a field separator and four distinct "
-                        "encoding characters")
+                        "encoding characters", "102", "MSH^1^2")
 
 
 def handle(raw_bytes: bytes, settings: Settings, remote: str = "") -> str:
@@ -331,29 +430,39 @@ def handle(raw_bytes: bytes, settings: Settings, remote: str = "") -> str:
 
 def respond(raw_bytes: bytes, settings: Settings, remote: str = "") -> tuple[str, str]:
     """Apply one message; return the ACK and the codec to send it in (that
-    of the message: MSH-18, else PACS_HL7_DEFAULT_CHARSET, else UTF-8)."""
+    of the message: MSH-18, else PACS_HL7_DEFAULT_CHARSET, else UTF-8).
+    Every message gets an answer: AA, AE (its content), or AR (its type, its
+    form, or the index unreachable: the RIS sends it again)."""
     msg: hl7.Message | None = None
     charset = ""
+    raw = ""
+    encoding = "utf-8"
     try:
         try:
             raw, encoding = decode_message(raw_bytes, settings.hl7_default_charset)
             charset = declared_charset(raw_bytes)
         except CharsetError as exc:
             raw, encoding = raw_bytes.decode("latin-1"), "utf-8"
-            raise Hl7Reject(str(exc)) from None
+            raise Hl7Reject(str(exc), "102", "MSH^1^18") from None
         finally:
             raw = raw.replace("\r\n", "\r").replace("\n", "\r").strip("\r")
         if not raw.startswith("MSH") or len(raw) < 8:
-            raise Hl7Reject("the message does not start with an MSH segment")
+            raise Hl7Reject("the message does not start with an MSH segment", "100", "MSH^1")
         _check_delimiters(raw)
+        if "\x00" in raw:
+            raise Hl7Reject("the message holds NUL bytes", "102")
         try:
-            msg = hl7.parse(raw)
+            msg = hl7.parse(_hex_escapes(raw, encoding))
         except Exception as exc:  # noqa: BLE001 - python-hl7 raises several kinds
-            raise Hl7Reject(f"unparseable message: {exc}") from exc
+            raise Hl7Reject(f"unparseable message: {exc}", "102") from exc
         kind = (_field(msg, "MSH", 9, 1).upper(), _field(msg, "MSH", 9, 2).upper())
         handler = HANDLERS.get(kind)
         if handler is None:
-            raise Hl7Reject(f"message type {'^'.join(kind)} is not taken here")
+            known = any(k[0] == kind[0] for k in HANDLERS)
+            raise Hl7Reject(f"message type {'^'.join(kind)} is not taken here", "201" if known else "200",
+                            "MSH^1^9")
+        if not _field(msg, "MSH", 10):
+            raise Hl7Reject("MSH-10 (message control ID) is missing", "101", "MSH^1^10")
         facility = _field(msg, "MSH", 4)
         parsed = msg
 
@@ -366,16 +475,40 @@ def respond(raw_bytes: bytes, settings: Settings, remote: str = "") -> tuple[str
         LOG.info("HL7 %s from %s applied: %s", "^".join(kind), remote, what)
         return _ack(msg, "AA", charset=charset), encoding
     except Hl7Reject as exc:
-        code, error, text = "AR", None, str(exc)
+        code, error, text = "AR", Hl7Error(str(exc), exc.location, exc.code), str(exc)
         if msg is None:
             msg = _parse_quietly(raw)  # the header, to answer its MSH-10 when it can be read
     except Hl7Error as exc:
         code, error, text = "AE", exc, str(exc)
     except ValueError as exc:
         code, error, text = "AE", Hl7Error(str(exc)), str(exc)
+    except DBAPIError as exc:
+        if exc.connection_invalidated or exc.__class__.__name__ in ("OperationalError", "InterfaceError"):
+            LOG.error("HL7 message from %s not applied, the index is unreachable: %s", remote, exc)
+            code, error, text = "AR", Hl7Error("the index is unreachable; send the message again", "", "207"), \
+                "the index is unreachable; send the message again"
+        else:  # a value the index refuses (a constraint): nothing was applied
+            LOG.warning("HL7 message from %s refused by the index: %s", remote, exc)
+            text = f"a value is not valid here: {str(exc.orig or exc).splitlines()[0][:160]}"
+            code, error = "AE", Hl7Error(text, "", "207")
+    except Exception as exc:  # noqa: BLE001 - every message gets an answer
+        LOG.exception("HL7 message from %s failed", remote)
+        code, error, text = "AE", Hl7Error(f"internal error: {exc.__class__.__name__}", "", "207"), \
+            f"internal error: {exc.__class__.__name__}: {exc}"
     LOG.warning("HL7 message from %s answered %s: %s", remote, code, text)
-    run_in_transaction(lambda s: _log(s, raw, remote, msg, code, text), settings)
+    log_rejected(settings, raw, remote, msg, code, text)
     return _ack(msg, code, text, error, charset=charset), encoding
+
+
+def log_rejected(settings: Settings, raw: str, remote: str, msg: hl7.Message | None, code: str,
+                 text: str) -> None:
+    """Write a message that was not applied to the message log; when even
+    that fails (the index unreachable), the service log has it."""
+    try:
+        run_in_transaction(lambda s: _log(s, raw, remote, msg, code, text), settings)
+    except SQLAlchemyError as exc:
+        LOG.error("HL7 message from %s (answered %s) not logged: %s; message: %r", remote, code, exc,
+                  raw[:4000])
 
 
 def _parse_quietly(raw: str) -> hl7.Message | None:
@@ -416,6 +549,10 @@ class Hl7Listener:
                     conn.sendall(frame(ack, encoding))
         except FrameTooLarge as exc:
             LOG.warning("HL7 connection from %s closed: %s", remote, exc)
+            start = bytes(reader.buf[1:1 + 65536]).decode("latin-1")
+            header = start.replace("\n", "\r").split("\r", 1)[0]
+            log_rejected(self.settings, start + "\r[… cut: the message is longer than that]", remote,
+                         _parse_quietly(header), "", f"{exc}: not read, connection closed")
         except (TimeoutError, OSError) as exc:
             LOG.info("HL7 connection from %s ended: %s", remote, exc)
         except Exception:  # noqa: BLE001 - one bad connection never stops the listener

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import time
+from datetime import datetime, timezone
 from collections.abc import Iterator
 
 import hl7
@@ -88,8 +89,12 @@ def test_orders_new_change_cancel_and_worklist(ris_cluster: Cluster) -> None:
     assert got["A100"]["status"] == "scheduled" and got["A100"]["modality"] == "CT"
     assert got["A100"]["scheduled_start"].startswith("2026-11-24T10:30")
     assert got["A101"]["scheduled_station_ae_title"] == "MR02"
-    assert ack_code(send(ris_cluster, orm("ORM-4", "CA", "A100"))) == "AA"
-    assert orders(ris_cluster)["A100"]["status"] == "cancelled"
+    assert ack_code(send(ris_cluster, orm("ORM-4", "CA", "A100", modality="", station="", start=""))) == "AA"
+    cancelled = orders(ris_cluster)["A100"]
+    assert cancelled["status"] == "cancelled"
+    # a cancel says nothing about the rest of the order
+    assert (cancelled["modality"], cancelled["scheduled_station_ae_title"]) == ("CT", "CT01")
+    assert cancelled["scheduled_start"].startswith("2026-11-24T10:30")
 
     ae = AE("MR02")
     ae.add_requested_context(ModalityWorklistInformationFind)
@@ -141,8 +146,8 @@ def test_bad_messages_are_answered_and_change_nothing(ris_cluster: Cluster, mess
 
 
 @pytest.mark.parametrize(("version", "msh9", "err1"), [
-    ("2.3", "ACK^A08", "PID^1^3^101&Error&HL70357"),
-    ("2.3.1", "ACK^A08^ACK", "PID^1^3^101&Error&HL70357"),
+    ("2.3", "ACK^A08", "PID^1^3^101&Required field missing&HL70357"),
+    ("2.3.1", "ACK^A08^ACK", "PID^1^3^101&Required field missing&HL70357"),
     ("2.5.1", "ACK^A08^ACK", ""),
 ])
 def test_the_ack_speaks_the_senders_version(ris_cluster: Cluster, version: str, msh9: str, err1: str) -> None:
@@ -155,6 +160,76 @@ def test_the_ack_speaks_the_senders_version(ris_cluster: Cluster, version: str, 
     err = ack.segment("ERR")
     assert str(err[1]) == err1
     assert str(err[2]) == "PID^1^3" and str(err[3]).startswith("101^")
+
+
+LONG = "9" * 70
+
+
+@pytest.mark.parametrize(("message", "code", "err3", "says"), [
+    (adt("A08", "L-1", LONG, "LONG^LEO"), "AE", "102", "PID-3"),
+    (adt("A08", "L-2", "P310", "^".join(["X" * 30] * 3)), "AE", "102", "longer than 64"),
+    (adt("A47", "L-3", LONG, "LONG^LEO", prior="P1"), "AE", "102", "PID-3"),
+    (orm("L-4", "NW", "ACC12345678901234567"), "AE", "102", "OBR-18"),
+    (orm("L-5", "NW", "A310", station="STATION-AE-TOO-LONG"), "AE", "102", "OBR-21"),
+    (adt("A08", "L-6", "P311", "NUL\x00^NED"), "AR", "102", "NUL"),
+    ("MSH|^~\\&|RIS|HOSP_A|PACS|RAD|20261123||ADT^A08||P|2.5\rPID|1||P312||NOID^NOAH\r", "AR", "101",
+     "MSH-10"),
+    ("MSH|^~\\&|RIS|HOSP_A|PACS|RAD|20261123||ADT^A99|L-8|P|2.5\rPID|1||P313||X^Y\r", "AR", "201", "A99"),
+])
+def test_values_the_index_cannot_hold_are_answered_and_logged(ris_cluster: Cluster, message: str, code: str,
+                                                              err3: str, says: str) -> None:
+    """On PostgreSQL a value longer than its column, or a NUL byte, is an
+    error of the database: it must come back as an answer, never as a
+    connection closed without one, and be in the message log."""
+    before = (patients(ris_cluster), orders(ris_cluster))
+    ack = send(ris_cluster, message)
+    assert ack_code(ack) == code, str(ack)
+    assert says in str(ack) and str(ack.segment("ERR")[3]).startswith(err3 + "^")
+    assert (patients(ris_cluster), orders(ris_cluster)) == before
+    control = message.split("|")[9]
+    assert any(row[0] == control and row[2] == code for row in log_rows(ris_cluster))
+
+
+def test_partial_dates_escapes_and_time_zones(ris_cluster: Cluster) -> None:
+    """A birth year alone is a date in HL7; an escaped delimiter inside a
+    name part is no PN delimiter; a hex escape is in the message's character
+    set; a scheduled time with a zone offset is served in local time."""
+    assert ack_code(send(ris_cluster, adt("A04", "Z-1", "P320", "YEAR^YVES", birth="1980"))) == "AA"
+    assert ack_code(send(ris_cluster, adt("A04", "Z-2", "P321", "MONTH^MIA", birth="198005"))) == "AA"
+    assert ack_code(send(ris_cluster, adt("A04", "Z-3", "P322", "O'BRIEN\\T\\SONS^MARY\\S\\ANN^^III^MRS"))) == "AA"
+    assert ack_code(send(ris_cluster, adt("A04", "Z-4", "P323", "DE\\F\\LA^JOSE\\E\\X"))) == "AA"
+    assert ack_code(send(ris_cluster, adt("A04", "Z-5", "P324", "M\\XC39C\\LLER^ANNA"))) == "AA"
+    found = patients(ris_cluster)
+    assert found[("P320", "HOSP_A")]["patient_birth_date"] == "1980"
+    assert found[("P321", "HOSP_A")]["patient_birth_date"] == "198005"
+    assert found[("P322", "HOSP_A")]["patient_name"] == "O'BRIEN&SONS^MARY ANN^^MRS^III"
+    assert found[("P323", "HOSP_A")]["patient_name"] == "DE|LA^JOSE X"
+    assert found[("P324", "HOSP_A")]["patient_name"] == "MÜLLER^ANNA"
+
+    message = orm("Z-6", "NW", "A320", pid="P320", name="YEAR^YVES", birth="1980",
+                  start="20301201103000+0200", station="TZ01")
+    assert ack_code(send(ris_cluster, message)) == "AA"
+    local = datetime(2030, 12, 1, 8, 30, tzinfo=timezone.utc).astimezone().replace(tzinfo=None)
+    assert orders(ris_cluster)["A320"]["scheduled_start"] == local.isoformat()
+
+    ae = AE("TZ01")
+    ae.add_requested_context(ModalityWorklistInformationFind)
+    assoc = ae.associate("127.0.0.1", ris_cluster.dicom_port, ae_title="PACS")
+    query = Dataset()
+    query.PatientBirthDate = ""
+    query.AccessionNumber = "A320"
+    sps = Dataset()
+    sps.ScheduledProcedureStepStartDate = ""
+    sps.ScheduledProcedureStepStartTime = ""
+    query.ScheduledProcedureStepSequence = Sequence([sps])
+    answers = [ds for status, ds in assoc.send_c_find(query, ModalityWorklistInformationFind)
+               if status.Status == 0xFF00]
+    assoc.release()
+    assert len(answers) == 1
+    item = answers[0].ScheduledProcedureStepSequence[0]
+    assert (item.ScheduledProcedureStepStartDate, item.ScheduledProcedureStepStartTime) == (
+        local.strftime("%Y%m%d"), local.strftime("%H%M%S"))
+    assert answers[0].PatientBirthDate == ""  # a birth year is no DICOM date
 
 
 def _raw(c: Cluster) -> socket.socket:
@@ -213,6 +288,7 @@ def test_no_msh_and_oversized_messages(ris_cluster: Cluster) -> None:
             closed = True
     assert closed, "an oversized message closes its connection"
     assert ("P600", "HOSP_A") not in patients(ris_cluster)
+    assert ("BIG", "ADT^A08", "") in set(log_rows(ris_cluster)), "the oversized message is in the log"
     assert ack_code(send(ris_cluster, adt("A08", "AFTER", "P601", "STILL^SERVING"))) == "AA"
 
 
