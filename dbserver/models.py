@@ -117,6 +117,9 @@ class Study(Base):
     study_date: Mapped[str] = mapped_column(String(8), default="")
     study_time: Mapped[str] = mapped_column(String(16), default="")
     accession_number: Mapped[str] = mapped_column(String(64), default="")
+    # the images' Issuer of Accession Number Sequence (0008,0051): its Local
+    # Namespace Entity ID, else its Universal Entity ID; "" when they name none
+    issuer_of_accession_number: Mapped[str] = mapped_column(String(64), default="")
     study_id: Mapped[str] = mapped_column(String(16), default="")
     study_description: Mapped[str] = mapped_column(String(64), default="")
     referring_physician_name: Mapped[str] = mapped_column(String(324), default="")
@@ -241,6 +244,8 @@ class DicomNode(Base):
     host: Mapped[str] = mapped_column(String(255))
     port: Mapped[int] = mapped_column(Integer)
     roles: Mapped[str] = mapped_column(String(128), default="store")  # comma-separated
+    # the Issuer of Patient ID of images it sends without one (a RIS domain)
+    issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
     description: Mapped[str] = mapped_column(String(255), default="")
     created_at: Mapped[datetime] = mapped_column(TS, default=utcnow)
 
