@@ -7,6 +7,7 @@ MLLP, real C-STOREs with dcmtk."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.cluster import Cluster
@@ -120,3 +121,21 @@ def test_merge_and_change_reach_patients_known_only_from_images(cluster: Cluster
     assert _study(cluster, late_changed)["patient_id"] == "IM8"
     assert not {"IM9", "IM7"} & {p["patient_id"] for p in cluster.pacs_json("ris", "patients")}
     assert export_one(cluster, late_merged, tmp_path / "exp-lm").PatientID == "IM1"
+
+
+def test_images_without_issuer_join_the_ris_patient_through_the_default(
+        make_cluster: Callable[..., Cluster], tmp_path: Path) -> None:
+    c = make_cluster(PACS_DEFAULT_ISSUER_OF_PATIENT_ID="HOSP_A").start()
+    assert ack_code(send(c, adt("A01", "DI-A01", "MRN2", "TWO^TINA", "19800808", "F"))) == "AA"
+    # an image-only study (no issuer, no accession) of a patient the RIS knows: the domain's patient
+    early = send_study(c, tmp_path / "e", "", "MRN2", "TWO^TINA", "19800808", "F")
+    c.wait_indexed(1)
+    assert ack_code(send(c, adt("A01", "DI-A01b", "MRN1", "ONE^TINA", "19800808", "F"))) == "AA"
+    ack = send(c, adt("A40", "DI-A40", "MRN1", "ONE^TINA", "19800808", "F", prior="MRN2"))
+    assert ack_code(ack) == "AA", str(ack)
+    assert _study(c, early)["patient_id"] == "MRN1", "the merge moved the study stored before it"
+    # a later study still carrying the merged identifier, no issuer, no accession: the surviving patient
+    later = send_study(c, tmp_path / "l", "", "MRN2", "TWO^TINA", "19800808", "F", seed=2)
+    c.wait_indexed(2)
+    assert _study(c, later)["patient_id"] == "MRN1"
+    assert "MRN2" not in {p["patient_id"] for p in c.pacs_json("ris", "patients")}
