@@ -129,7 +129,8 @@ def test_reconcile_accept_reject_and_renames_reach_exports(pg_cluster: Cluster, 
     assert not odd_copy.exists(), "the archive deletes a purged study's objects"
     assert copy.is_file() and cluster.status()["counts"]["instances"] == 2
     assert cluster.sql("SELECT count(*) FROM object_copies WHERE purge_requested_at IS NOT NULL") == [(0,)]
-    assert cluster.sql("SELECT count(*) FROM audit_events WHERE action = 'quarantine-purge'") == [(1,)]
+    assert cluster.sql("SELECT outcome FROM audit_events WHERE action = 'quarantine-purge' ORDER BY id") == [
+        ("failure",), ("success",)], "the refused purge of a verified study is audited too"
 
 
 def test_accept_keeps_the_study_as_received(cluster: Cluster, tmp_path: Path) -> None:
