@@ -78,8 +78,11 @@ def differences(images: dict[str, str], order_patient: Patient,
         out["patient_name"] = {"images": images.get("patient_name", ""), "ris": order_patient.patient_name}
     for attr in ("patient_birth_date", "patient_sex"):
         ours, theirs = images.get(attr, ""), getattr(order_patient, attr)
+        if attr == "patient_birth_date":  # the RIS may know the year (or month) only
+            size = min(len(ours), len(theirs))
+            ours, theirs = ours[:size], theirs[:size]
         if ours and theirs and ours != theirs:
-            out[attr] = {"images": ours, "ris": theirs}
+            out[attr] = {"images": images.get(attr, ""), "ris": getattr(order_patient, attr)}
     return out
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pydicom
 
-from dbserver.validation import normalize_name
+from dbserver.models import Patient
+from dbserver.validation import differences, normalize_name
 from tests.cluster import Cluster
 from tests.ris import adt, export_one, order, send, send_study
 
@@ -68,6 +69,16 @@ def test_name_normalization() -> None:
     assert normalize_name("O'Brien^Pat") == "OBRIEN^PAT"
     assert normalize_name("Yamada^Tarou=山田^太郎") == "YAMADA^TAROU"
     assert normalize_name("DOE^JOHN") != normalize_name("DOE^JANE")
+
+
+def test_a_birth_year_from_the_ris_is_compared_on_what_it_says() -> None:
+    ris = Patient(patient_id="P1", patient_name="DOE^JOHN", patient_birth_date="1980", patient_sex="M")
+    same = {"patient_id": "P1", "patient_name": "DOE^JOHN", "patient_birth_date": "19800512", "patient_sex": "M"}
+    assert differences(same, ris) == {}
+    other = dict(same, patient_birth_date="19810512")
+    assert differences(other, ris) == {"patient_birth_date": {"images": "19810512", "ris": "1980"}}
+    ris.patient_birth_date = "198006"
+    assert set(differences(same, ris)) == {"patient_birth_date"}
 
 
 def test_reconcile_accept_reject_and_renames_reach_exports(pg_cluster: Cluster, tmp_path: Path) -> None:
