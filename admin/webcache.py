@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from admin._common import JsonOpt, err, fail, out, print_json, ready, settings_or_exit
@@ -21,7 +22,9 @@ def curate(
     """Build the web cache of a study (or of all) now, in this process."""
     from sqlalchemy import select
 
-    from curator.curate import build_series_document, curate_instance
+    from curator.curate import build_series_document
+    from curator.curate import curate as curate_one
+    from curator.webcache import FAILED, QUEUED
     from dbserver.models import Instance, Series, Study
     from services.db import unit_of_work
     from services.dicom import check_uid
@@ -44,20 +47,24 @@ def curate(
     if not rows:
         fail(f"no study {study_uid}" if study_uid else "no studies")
     outcomes: dict[str, list[str]] = {}
+    errors: dict[str, str] = {}
     with Progress(TextColumn("curating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err) as progress:
         task = progress.add_task("curate", total=len(rows))
         for uid, _ in rows:
-            outcomes.setdefault(curate_instance(settings, uid, force=force), []).append(uid)
+            result = curate_one(settings, uid, force=force)
+            # still queued: the archive could not be read now (the curator's sweeper asks again later)
+            state = FAILED if result.state == QUEUED else result.state
+            outcomes.setdefault(state, []).append(uid)
+            if state == FAILED:
+                errors[uid] = result.error
             progress.advance(task)
     for series_uid in sorted({s for _, s in rows}):
         build_series_document(settings, series_uid)
     out.print(", ".join(f"{len(v)} {k}" for k, v in sorted(outcomes.items())))
-    if outcomes.get("failed"):
-        from curator.webcache import entries_failed
-
-        for uid, error in entries_failed(settings, outcomes["failed"]):
-            out.print(f"  [red]{uid}[/red]: {error}")
+    if errors:
+        for uid, error in errors.items():
+            out.print(f"  [red]{uid}[/red]: {escape(error)}", highlight=False)
         raise typer.Exit(1)
 
 

@@ -7,11 +7,13 @@ whatever transfer syntax it was stored in, and writes the wavelet file
 entry (levels and their byte ranges, sizes, codec version) and the
 instance's DICOM JSON for the series metadata document. Objects without
 pixel data are recorded ``skipped``; pixels that cannot be decoded or
-encoded (a truncated JPEG 2000, values beyond Bits Stored) ``failed`` with
+encoded (a truncated JPEG 2000, native pixel values that use bits above
+Bits Stored, more than 16 bits stored, float pixel data) ``failed`` with
 the reason — the rest of the study is curated all the same.
 
 Safe to run twice: an instance whose entry is done with the current codec
-for the object now representing it is left alone (``force`` redoes it).
+and lossy setting for the object now representing it is left alone
+(``force`` redoes it).
 :func:`build_series_document` writes the per-series metadata document.
 """
 
@@ -48,6 +50,19 @@ LOG = logging.getLogger(__name__)
 CODEC_VERSION = wavelet.FORMAT_VERSION
 BULK_THRESHOLD = 1024  # base64 characters: longer values are left out of the metadata, as BulkDataURI
 PIXEL_TAGS = ("7FE00008", "7FE00009", "7FE00010")  # Float, Double Float and Pixel Data
+
+
+class PixelDataError(ValueError):
+    """Pixel data the web cache cannot represent exactly."""
+
+
+@dataclass
+class Outcome:
+    """What :func:`curate` did: the entry's state and, when it failed or
+    must wait (``queued``: the archive could not be read), why."""
+
+    state: str
+    error: str = ""
 
 
 @dataclass
@@ -109,57 +124,123 @@ def _level_index(info: wavelet.WaveletInfo) -> str:
                        "level_end": {str(level): info.level_end(level) for level in range(info.levels + 1)}})
 
 
+def lossy_setting(settings: Settings) -> float:
+    """The lossy target an entry made now is encoded for (0: lossless)."""
+    return float(settings.curator_lossy_psnr or 0)
+
+
 def curate_instance(settings: Settings, uid: str, force: bool = False) -> str:
     """Curate one instance; returns its entry's state (or ``gone``)."""
+    return curate(settings, uid, force).state
+
+
+def curate(settings: Settings, uid: str, force: bool = False) -> Outcome:
+    """Curate one instance. ``queued`` with an error: the archive could not
+    be read now; the entry stays queued and the sweeper asks again."""
     check_uid(uid, "SOP Instance UID")
     with unit_of_work(settings) as session:
         src = _source(session, uid)
         entry = session.scalar(select(WebcacheEntry).where(WebcacheEntry.sop_instance_uid == uid))
     if src is None:
-        return "gone"
+        return Outcome("gone")
     if (not force and entry is not None and entry.state in FINAL and entry.codec_version == CODEC_VERSION
-            and entry.sha256 == src.sha256):
-        return entry.state
+            and entry.sha256 == src.sha256
+            and (entry.state != DONE or entry.lossy_psnr == lossy_setting(settings))):
+        return Outcome(entry.state, entry.error)
     try:
         data = fetch(src.sha256, src.locator, settings)
     except PacsError as exc:  # the archive will have it: the sweeper asks again
         LOG.warning("curation of %s waits: %s", uid, exc)
-        return QUEUED
+        return Outcome(QUEUED, f"archive fetch failed: {exc}")
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
         metadata = _metadata(ds, src)
     except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on a bad object
-        _record(settings, src, state=FAILED, error=f"unreadable object: {exc}"[:2000])
-        return FAILED
+        return _fail(settings, src, f"unreadable object: {exc}")
+    if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+        return _fail(settings, src, "float pixel data is not supported", metadata)
     if "PixelData" not in ds:
         kind = ds.get("SOPClassUID")
         name = getattr(kind, "name", str(kind or "unknown SOP class"))
-        _record(settings, src, state=SKIPPED, metadata_json=metadata, error=f"no pixel data ({name})")
-        return SKIPPED
+        error = f"no pixel data ({name})"
+        _record(settings, src, state=SKIPPED, metadata_json=metadata, error=error)
+        return Outcome(SKIPPED, error)
     try:
         blob, info, thumb = _encode(ds, settings)
     except Exception as exc:  # noqa: BLE001 - decoders and the codec raise many kinds
         LOG.warning("curation of %s failed: %s", uid, exc)
-        _record(settings, src, state=FAILED, metadata_json=metadata,
-                error=f"{type(exc).__name__}: {exc}"[:2000])
-        return FAILED
+        return _fail(settings, src, f"{type(exc).__name__}: {exc}", metadata)
     store = webcache_store(settings)
     store.put(wavelet_key(uid), blob)
     store.put(thumbnail_key(uid), thumb)
     _record(settings, src, state=DONE, metadata_json=metadata, wavelet_key=wavelet_key(uid),
             wavelet_size=len(blob), thumbnail_key=thumbnail_key(uid), thumbnail_size=len(thumb),
-            levels=info.levels, level_index=_level_index(info), lossy=info.lossy)
-    return DONE
+            levels=info.levels, level_index=_level_index(info), lossy=info.lossy,
+            lossy_psnr=lossy_setting(settings))
+    return Outcome(DONE)
+
+
+def _fail(settings: Settings, src: Source, error: str, metadata: str = "") -> Outcome:
+    error = error[:2000]
+    _record(settings, src, state=FAILED, metadata_json=metadata, error=error)
+    return Outcome(FAILED, error)
+
+
+def check_stored_bits(ds: Dataset) -> None:
+    """Refuse native pixel data whose stored values do not fit Bits Stored
+    (PS3.5 8.1.1): pydicom masks the bits above it (or sign-extends from
+    it), which would silently change the image. Unsigned: no bit above
+    Bits Stored may be set. Signed (Pixel Representation 1): the bits above
+    High Bit must be all zero or a sign extension of it. Compressed
+    transfer syntaxes are left to their decoders."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is None or syntax.is_compressed or "PixelData" not in ds:
+        return
+    allocated, stored = int(ds.get("BitsAllocated") or 0), int(ds.get("BitsStored") or 0)
+    if stored > allocated:
+        raise PixelDataError(f"Bits Stored {stored} exceeds Bits Allocated {allocated}")
+    if allocated not in (8, 16, 32) or not stored or stored == allocated:
+        return
+    count = (int(ds.get("Rows") or 0) * int(ds.get("Columns") or 0) * int(ds.get("SamplesPerPixel") or 1)
+             * int(ds.get("NumberOfFrames") or 1))
+    order = "<" if syntax.is_little_endian else ">"
+    raw = bytes(ds.PixelData)[:count * allocated // 8]
+    raw = raw[:len(raw) // (allocated // 8) * (allocated // 8)]  # a short value is left to pydicom's error
+    values = np.frombuffer(raw, f"{order}u{allocated // 8}").astype(np.int64)
+    high = values >> stored  # the bits above High Bit (Bits Stored - 1: pydicom's layout)
+    if int(ds.get("PixelRepresentation") or 0) == 0:
+        bad = high != 0
+        wanted = values
+    else:
+        sign = (values >> (stored - 1)) & 1
+        bad = (high != 0) & ((high != (1 << (allocated - stored)) - 1) | (sign == 0))
+        wanted = np.where(values >> (allocated - 1) == 1, values - (1 << allocated), values)
+    if bad.any():
+        kind = "signed" if int(ds.get("PixelRepresentation") or 0) else "unsigned"
+        used = wanted[bad]
+        raise PixelDataError(
+            f"pixel values use bits above Bits Stored {stored}: {int(bad.sum())} of {values.size} {kind} values, "
+            f"from {int(used.min())} to {int(used.max())} (Bits Allocated {allocated}, High Bit "
+            f"{ds.get('HighBit')})")
 
 
 def _encode(ds: Dataset, settings: Settings) -> tuple[bytes, wavelet.WaveletInfo, bytes]:
+    bits = int(ds.get("BitsStored") or 0)
+    if bits > 16:
+        raise PixelDataError(f"Bits Stored {bits}: the wavelet codec takes 1 to 16 bits")
+    check_stored_bits(ds)
     pixels = ds.pixel_array
     frames = int(ds.get("NumberOfFrames") or 1) > 1
-    bits = int(ds.get("BitsStored") or pixels.dtype.itemsize * 8)
+    bits = bits or pixels.dtype.itemsize * 8
     if np.issubdtype(pixels.dtype, np.floating):
-        raise wavelet.InvalidInputError("floating point pixel data is not taken")
-    blob = wavelet.encode(pixels, bits_stored=bits, frames=frames,
-                          lossy_psnr=settings.curator_lossy_psnr or None)
+        raise PixelDataError("float pixel data is not supported")
+    psnr = lossy_setting(settings)
+    blob = wavelet.encode(pixels, bits_stored=bits, frames=frames, lossy_psnr=psnr or None)
+    if psnr:  # a lossy file larger than the lossless one buys nothing: keep the exact one
+        exact = wavelet.encode(pixels, bits_stored=bits, frames=frames)
+        if len(exact) <= len(blob):
+            blob = exact
     info = wavelet.info(blob)
     small = wavelet.decode(blob, level=thumbnail_level(info.rows, info.cols, info.levels))
     return blob, info, thumbnail(small[0] if frames else small, ds, bits)

@@ -9,8 +9,9 @@ Each round (every ``PACS_CURATOR_SWEEP_SECONDS``, in every curator process):
   so two sweepers never ask twice for one instance;
 * entries queued longer than ``PACS_CURATOR_REQUEUE_SECONDS`` (their
   message lost, their worker killed), entries made by another codec
-  version, and entries of an object that no longer represents its instance
-  are queued again;
+  version, done entries made for another lossy setting
+  (``PACS_CURATOR_LOSSY_PSNR``, 0 = lossless), and entries of an object
+  that no longer represents its instance are queued again;
 * the metadata document of every series of a stable study whose instances
   are all curated is (re)built when an instance was curated after it;
 * the web cache is brought back under its size limit.
@@ -24,8 +25,8 @@ from datetime import timedelta
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from curator.curate import CODEC_VERSION, build_series_document
-from curator.webcache import EVICTED, FINAL, QUEUED, evict, new_entry
+from curator.curate import CODEC_VERSION, build_series_document, lossy_setting
+from curator.webcache import DONE, EVICTED, FINAL, QUEUED, evict, new_entry
 from dbserver.models import Instance, ObjectCopy, Series, Study, WebcacheEntry, WebcacheSeries, utcnow
 from services.db import run_in_transaction
 from services.settings import Settings
@@ -51,7 +52,7 @@ def _claim_new(session: Session) -> list[str]:
                          ["sop_instance_uid"], returning="sop_instance_uid")
 
 
-def _claim_again(session: Session, requeue_after: float) -> list[str]:
+def _claim_again(session: Session, requeue_after: float, lossy_psnr: float) -> list[str]:
     now = utcnow()
     current_sha = (select(Instance.sha256).where(Instance.sop_instance_uid == WebcacheEntry.sop_instance_uid)
                    .scalar_subquery())
@@ -59,6 +60,7 @@ def _claim_again(session: Session, requeue_after: float) -> list[str]:
         and_(WebcacheEntry.state == QUEUED, WebcacheEntry.queued_at < now - timedelta(seconds=requeue_after)),
         and_(WebcacheEntry.state.in_(FINAL), WebcacheEntry.codec_version != CODEC_VERSION),
         and_(WebcacheEntry.state.in_(FINAL), WebcacheEntry.sha256 != current_sha),
+        and_(WebcacheEntry.state == DONE, WebcacheEntry.lossy_psnr != lossy_psnr),
     )).limit(BATCH)
     ids = list(session.scalars(due))
     if not ids:
@@ -88,7 +90,8 @@ def series_to_document(session: Session, limit: int = 20) -> list[str]:
 def sweep(settings: Settings) -> dict[str, int]:
     """One round; returns what it did."""
     new = run_in_transaction(_claim_new, settings)
-    again = run_in_transaction(lambda s: _claim_again(s, settings.curator_requeue_seconds), settings)
+    again = run_in_transaction(lambda s: _claim_again(s, settings.curator_requeue_seconds,
+                                                      lossy_setting(settings)), settings)
     uids = new + again
     for start in range(0, len(uids), PER_TASK):
         send(T_CURATE_INSTANCES, uids[start:start + PER_TASK])

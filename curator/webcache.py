@@ -16,7 +16,10 @@ before they make a key).
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
+from collections.abc import Callable
 from functools import lru_cache
 from datetime import datetime, timezone
 from typing import Any
@@ -27,6 +30,7 @@ from sqlalchemy.orm import Session
 from dbserver.models import WebcacheEntry, WebcacheSeries
 from services.db import run_in_transaction, unit_of_work
 from services.dicom import check_uid
+from services.errors import StorageError
 from services.settings import Settings
 from services.storage import BlobStore, open_store
 
@@ -66,7 +70,7 @@ def new_entry(sop_uid: str, sha256: str, now: datetime) -> dict[str, Any]:
     """The row of an entry just asked for (``queued``)."""
     return {"sop_instance_uid": sop_uid, "sha256": sha256, "state": QUEUED, "codec_version": 0, "wavelet_key": "",
             "wavelet_size": 0, "thumbnail_key": "", "thumbnail_size": 0, "levels": 0, "level_index": "",
-            "lossy": False, "metadata_json": "", "error": "", "attempts": 0, "queued_at": now,
+            "lossy": False, "lossy_psnr": 0.0, "metadata_json": "", "error": "", "attempts": 0, "queued_at": now,
             "last_access_at": now}
 
 
@@ -136,11 +140,12 @@ def evict(settings: Settings, target_bytes: int | None = None) -> dict[str, int]
 
 
 def verify(settings: Settings) -> dict[str, Any]:
-    """Check every entry's files (present, of the recorded size, the
-    wavelet header and level index readable); a broken entry is queued for
-    rebuilding. Returns counts and the broken ones."""
-    from curator import wavelet
-
+    """Check every entry's files and every series document: present, of
+    the recorded size, and whole — each wavelet file's header, level index
+    and every chunk's CRC-32, each thumbnail a readable PNG, each series
+    document gzip holding a JSON array. A broken entry is queued for
+    rebuilding, a broken document's row dropped (the sweeper builds it
+    again). Returns counts and the broken ones."""
     store = webcache_store(settings)
     with unit_of_work(settings) as session:
         rows = session.execute(select(WebcacheEntry.id, WebcacheEntry.sop_instance_uid, WebcacheEntry.wavelet_key,
@@ -151,46 +156,72 @@ def verify(settings: Settings) -> dict[str, Any]:
     broken: list[dict[str, str]] = []
     broken_entries: list[int] = []
     for row_id, uid, wkey, wsize, tkey, tsize in rows:
-        problem = _check_file(store, wkey, wsize) or _check_file(store, tkey, tsize)
-        if not problem:
-            try:
-                wavelet.info(store.get(wkey))
-            except wavelet.WaveletError as exc:
-                problem = f"{wkey}: {exc}"
+        problem = _check_file(store, wkey, wsize, _check_wavelet) or _check_file(store, tkey, tsize, _check_png)
         if problem:
             broken.append({"sop_instance_uid": uid, "problem": problem})
             broken_entries.append(row_id)
     broken_docs = []
     for row_id, uid, key, size in docs:
-        problem = _check_file(store, key, size)
+        problem = _check_file(store, key, size, _check_series_document)
         if problem:
             broken.append({"series_instance_uid": uid, "problem": problem})
             broken_docs.append(row_id)
 
-    def requeue(session: Session) -> None:
+    def requeue(session: Session) -> set[str]:
+        """Queue the broken entries and drop the broken documents' rows that
+        are still done (not evicted or rebuilt while they were checked);
+        returns their UIDs."""
+        still: set[str] = set()
         if broken_entries:
             # queued long ago, so that the next sweep asks for them again at once
-            session.execute(update(WebcacheEntry).where(WebcacheEntry.id.in_(broken_entries))
-                            .values(state=QUEUED, queued_at=LONG_AGO))
+            still.update(session.scalars(
+                update(WebcacheEntry).where(WebcacheEntry.id.in_(broken_entries), WebcacheEntry.state == DONE)
+                .values(state=QUEUED, queued_at=LONG_AGO).returning(WebcacheEntry.sop_instance_uid)))
         if broken_docs:  # no row: the sweeper builds it again
-            session.execute(delete(WebcacheSeries).where(WebcacheSeries.id.in_(broken_docs)))
+            still.update(session.scalars(
+                delete(WebcacheSeries).where(WebcacheSeries.id.in_(broken_docs), WebcacheSeries.state == DONE)
+                .returning(WebcacheSeries.series_instance_uid)))
+        return still
 
-    run_in_transaction(requeue, settings)
+    still = run_in_transaction(requeue, settings)
+    broken = [b for b in broken if (b.get("sop_instance_uid") or b.get("series_instance_uid")) in still]
     return {"checked": len(rows) + len(docs), "broken": broken}
 
 
-def _check_file(store: BlobStore, key: str, size: int) -> str:
+def _check_wavelet(data: bytes) -> None:
+    from curator import wavelet
+
+    wavelet.verify(data)
+
+
+def _check_png(data: bytes) -> None:
+    from curator.thumbnail import read_png
+
+    read_png(data)
+
+
+def _check_series_document(data: bytes) -> None:
+    if not isinstance(json.loads(gzip.decompress(data)), list):
+        raise ValueError("not a JSON array")
+
+
+def _check_file(store: BlobStore, key: str, size: int, check: Callable[[bytes], None]) -> str:
+    """What is wrong with the file ``key`` ("" if nothing): missing, of
+    another size than recorded, or refused by ``check``."""
     if not key:
         return ""
     if not store.exists(key):
         return f"{key}: missing"
     if store.size(key) != size:
         return f"{key}: {store.size(key)} bytes, {size} recorded"
+    try:
+        data = store.get(key)
+    except StorageError:
+        if not store.exists(key):  # deleted meanwhile (an eviction): missing, if the entry is still done
+            return f"{key}: missing"
+        raise  # a store that cannot be read stops the check: nothing is marked broken
+    try:
+        check(data)
+    except Exception as exc:  # noqa: BLE001 - gzip, json, the PNG reader and the codec raise many kinds
+        return f"{key}: {type(exc).__name__}: {exc}"
     return ""
-
-
-def entries_failed(settings: Settings, uids: list[str]) -> list[tuple[str, str]]:
-    """(SOP Instance UID, error) of these entries that failed."""
-    with unit_of_work(settings) as session:
-        return list(session.execute(select(WebcacheEntry.sop_instance_uid, WebcacheEntry.error).where(
-            WebcacheEntry.sop_instance_uid.in_(uids), WebcacheEntry.state == FAILED)).all())

@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -409,6 +410,9 @@ class WebcacheEntry(Base):
     levels: Mapped[int] = mapped_column(Integer, default=0)
     level_index: Mapped[str] = mapped_column(Text, default="")  # JSON: per level, per frame, offset and size
     lossy: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the PACS_CURATOR_LOSSY_PSNR it was made for (0: lossless asked; -1: unknown, made before 0009);
+    # a lossy encoding larger than the lossless one is kept lossless (``lossy`` false) all the same
+    lossy_psnr: Mapped[float] = mapped_column(Float, default=0.0)
     metadata_json: Mapped[str] = mapped_column(Text, default="")  # DICOM JSON, bulk data as BulkDataURI
     error: Mapped[str] = mapped_column(Text, default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -7,13 +7,17 @@ prefix ending at a level boundary decodes to that level's image;
 LL band after k reversible 5/3 levels, ceil(rows / 2**k) x ceil(cols / 2**k));
 ``info(data)`` reads the header and the level index (byte offsets and sizes
 of every frame's chunk at every level) so that an HTTP client knows which
-byte range holds which level. The format is docs/wavelet-format.md.
+byte range holds which level; ``verify(data)`` checks a whole file's
+header, index and chunk checksums without decoding it. The format is
+docs/wavelet-format.md.
 
 Pixels: (rows, cols) or (rows, cols, samples); with ``frames=True``
 (implied by 4 dimensions) (frames, rows, cols) or (frames, rows, cols,
 samples). Any integer dtype holding 1..16 stored bits (``bits_stored``,
 default 8 or 16 from the dtype; signedness from the dtype). ``decode``
-returns the same dtype and layout. Options: ``levels`` (default: the
+returns the same layout and the same kind and item size of integer, in
+native byte order (a big-endian ``>u2`` image comes back ``uint16``, equal
+value for value): what a viewer computes with. Options: ``levels`` (default: the
 fewest that bring the coarsest level to 64 pixels or less), ``rct``
 (reversible colour transform, default on for 3 samples: pass
 ``rct=False`` for YBR data), ``lossy_psnr`` (CDF 9/7 with a quantiser
@@ -37,7 +41,7 @@ in a fresh environment compiles it (see docs/wavelet-format.md).
 """
 
 from ._codec import decode, default_levels, encode, info
-from ._container import MAGIC, VERSION, ChunkInfo, WaveletInfo
+from ._container import MAGIC, VERSION, ChunkInfo, WaveletInfo, verify
 from ._errors import CorruptError, InvalidInputError, TruncatedError, UnsupportedError, WaveletError
 
 FORMAT_VERSION = VERSION
@@ -56,4 +60,5 @@ __all__ = [
     "default_levels",
     "encode",
     "info",
+    "verify",
 ]

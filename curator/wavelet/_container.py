@@ -206,3 +206,14 @@ def chunk_bytes(data, chunk: ChunkInfo) -> memoryview:
     if zlib.crc32(blob) != chunk.crc32:
         raise CorruptError(f"checksum mismatch in the chunk of frame {chunk.frame}, level {chunk.level}")
     return blob
+
+
+def verify(data) -> WaveletInfo:
+    """Check a whole file without decoding it: the header and level index
+    (``parse``), every chunk's CRC-32, and no bytes past the last chunk."""
+    hdr = parse(data)
+    for chunk in hdr.chunks:
+        chunk_bytes(data, chunk)
+    if len(data) > hdr.size:
+        raise CorruptError(f"{len(data) - hdr.size} bytes after the last chunk")
+    return hdr

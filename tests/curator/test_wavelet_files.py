@@ -19,6 +19,7 @@ import pydicom
 import pytest
 
 from curator import wavelet
+from curator.curate import check_stored_bits
 from tests.dicomdata import sample_files
 
 MAX_FRAMES = 4  # large multi-frame files: the first frames only, to keep the suite fast
@@ -127,3 +128,21 @@ def test_round_trip_exact(path, arr, kwargs, syntax):
     assert np.array_equal(out, arr)
     hdr = wavelet.info(data)
     assert hdr.size == len(data) and not hdr.lossy
+
+
+def test_no_correct_file_uses_bits_above_bits_stored():
+    """The curator refuses native pixel data with bits set above Bits
+    Stored (pydicom would mask them); no file pydicom decodes exactly is
+    refused, and pydicom's arrays of the native ones fit Bits Stored."""
+    native = 0
+    for path, arr, kwargs, _ in CASES:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path)
+        check_stored_bits(ds)
+        if not ds.file_meta.TransferSyntaxUID.is_compressed:
+            native += 1
+            bits = kwargs["bits_stored"]
+            lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if arr.dtype.kind == "i" else (0, (1 << bits) - 1)
+            assert lo <= arr.min() and arr.max() <= hi, path
+    assert native >= 40, native
