@@ -29,6 +29,7 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, generate_uid
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from archive.store import accept_from_inbox, cache_store
 from curator import wavelet
@@ -246,7 +247,7 @@ def test_eviction_takes_the_least_recently_used_first(make_settings: Callable[..
     now = utcnow()
     read_at = dict(zip(uids, [now - timedelta(minutes=m) for m in (3, 50, 1, 40, 20)]))  # read last: uids[2]
 
-    def touch(session) -> None:  # noqa: ANN001
+    def touch(session: Session) -> None:
         for uid, at in read_at.items():
             session.execute(update(WebcacheEntry).where(WebcacheEntry.sop_instance_uid == uid)
                             .values(last_access_at=at))
@@ -270,7 +271,7 @@ def test_eviction_takes_the_least_recently_used_first(make_settings: Callable[..
 def _pacs(s: Settings, *args: str, **env: str) -> subprocess.CompletedProcess:
     environ = {**os.environ, "PACS_DATA_DIR": str(s.data_dir), "PACS_DATABASE_URL": s.database_url, **env}
     return subprocess.run([sys.executable, "-m", "admin.cli", *args], env=environ, capture_output=True, text=True,
-                          timeout=300)
+                          check=False, timeout=300)
 
 
 def test_pacs_curate_reports_an_object_the_archive_could_not_give(make_settings: Callable[..., Settings]) -> None:
