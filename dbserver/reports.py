@@ -40,6 +40,36 @@ def _segment(name: str, fields: dict[int, str]) -> str:
     return "|".join([name] + [fields.get(i, "") for i in range(1, max(fields) + 1)])
 
 
+def ndl(person_name: str) -> str:
+    """A DICOM PN (family^given^middle^prefix^suffix, alphabetic group) as
+    the HL7 NDL of OBR-32 (v2.5.1 chapter 2A, NDL): its first component, a
+    CNN, holds the name in sub-components ID&family&given&middle&suffix&
+    prefix (each escaped). We know no ID: the first sub-component stays
+    empty."""
+    parts = (person_name.split("=")[0].split("^") + [""] * 5)[:5]
+    family, given, middle, prefix, suffix = (escape(p.strip()) for p in parts)
+    return f"&{family}&{given}&{middle}&{suffix}&{prefix}".rstrip("&")
+
+
+def procedure_ce(order: Order | None, study: Study) -> str:
+    """OBR-4 (CE: identifier^text^name of coding system): the order's code^text^coding scheme as the
+    RIS sent it in OBR-4; without an order, the study description as text."""
+    if order is None:
+        return f"^{escape(study.study_description)}".rstrip("^")
+    parts = (order.procedure_code_value, order.requested_procedure_description or study.study_description,
+             order.procedure_coding_scheme if order.procedure_code_value else "")
+    return "^".join(escape(p) for p in parts).rstrip("^")
+
+
+def text_lines(text: str) -> list[str]:
+    """The report's lines as OBX TX values: blank lines inside the text are
+    kept (empty OBX-5, a paragraph break), blank lines at its end are not."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
+
+
 def oru_message(report: Report, study: Study, patient: Patient, order: Order | None,
                 domain: RisDomain | None, settings: Settings, control_id: str) -> str:
     """The ORU^R01 carrying ``report``: one OBX per line of text (TX), the
@@ -47,8 +77,6 @@ def oru_message(report: Report, study: Study, patient: Patient, order: Order | N
     issuer = "" if patient.issuer_of_patient_id.startswith(NO_PATIENT_ID) else patient.issuer_of_patient_id
     placer = escape(order.placer_order_number) if order else ""
     filler = escape(order.filler_order_number) if order else ""
-    procedure = escape(order.requested_procedure_description or study.study_description) if order else escape(
-        study.study_description)
     when = hl7_timestamp(report.created_at)
     segments = [
         f"MSH|^~\\&|PACS|{escape(settings.hl7_facility)}|{escape(domain.receiving_application) if domain else ''}|"
@@ -57,13 +85,12 @@ def oru_message(report: Report, study: Study, patient: Patient, order: Order | N
         f"PID|1||{escape(patient.patient_id)}^^^{escape(issuer)}^MR||{xpn(patient.patient_name)}||"
         f"{patient.patient_birth_date}|{patient.patient_sex[:1]}",
         f"ORC|RE|{placer}|{filler}||CM",
-        _segment("OBR", {1: "1", 2: placer, 3: filler, 4: f"^{procedure}",
+        _segment("OBR", {1: "1", 2: placer, 3: filler, 4: procedure_ce(order, study),
                          7: f"{study.study_date}{study.study_time.split('.')[0]}",
-                         18: escape(study.accession_number), 22: when, 25: "F", 32: xpn(report.author)}),
+                         18: escape(study.accession_number), 22: when, 25: "F", 32: ndl(report.author)}),
         f"OBX|1|HD|113014^DICOM Study^DCM||{study.study_instance_uid}||||||F",
     ]
-    lines = report.text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    for n, line in enumerate(lines, start=2):
+    for n, line in enumerate(text_lines(report.text), start=2):
         segments.append(f"OBX|{n}|TX|18782-3^Radiology Study observation^LN||{escape(line)}||||||F")
     return "\r".join(segments) + "\r"
 

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import hl7
 
+from dbserver.models import Order, Study
+from dbserver.reports import ndl, procedure_ce
 from tests.cluster import Cluster, free_port, wait_until
-from tests.ris import MllpReceiver, order, send_study
+from tests.ris import MllpReceiver, ack_code, order, orm, send, send_study
 
 
 def _outbox(c: Cluster) -> list[dict]:
@@ -25,12 +27,15 @@ def test_report_waits_for_the_ris_survives_a_restart_and_arrives_once(
     c = make_cluster("postgres", PACS_HL7_RETRY_MAX_SECONDS="1").start()  # as docker-compose runs it
     c.pacs("ris", "domain", "add", "HOSP_A", "--facility", "HOSP_A", "--report-host", "127.0.0.1",
            "--report-port", str(ris_port), "--application", "RIS")
-    order(c, "RP-1", "PR1", "REPORT^RUTH", "19750505", "F")
+    placed = orm("RP-1", "NW", "RP-1", pid="PR1", name="REPORT^RUTH", birth="19750505", sex="F")
+    ack = send(c, placed.replace("|CTCHEST^CT chest|", "|CTHEAD^CT Head^L|"))  # OBR-4 code^text^scheme
+    assert ack_code(ack) == "AA", str(ack)
     uid = send_study(c, tmp_path / "s", "RP-1", "PR1", "REPORT^RUTH", "19750505", "F")
     c.wait_indexed(1)
     text = tmp_path / "report.txt"
-    text.write_text("FINDINGS: No acute abnormality.\nIMPRESSION: Normal | chest ^ CT.\n")
-    added = c.pacs("report", "add", uid, "--file", str(text), "--author", "DOC^DORA")
+    # a blank line between paragraphs, and the newline (or two) editors leave at the end
+    text.write_text("FINDINGS: No acute abnormality.\n\nIMPRESSION: Normal | chest ^ CT.\n\n")
+    added = c.pacs("report", "add", uid, "--file", str(text), "--author", "HOUSE^GREGORY^^DR")
     assert "queued (127.0.0.1:" in " ".join(added.stdout.split())
     assert c.pacs_json("study", "show", uid)["reading_status"] == "reported"
 
@@ -54,11 +59,18 @@ def test_report_waits_for_the_ris_survives_a_restart_and_arrives_once(
         assert str(oru.segment("MSH")[5]) == "RIS" and str(oru.segment("MSH")[6]) == "HOSP_A"
         assert str(oru.segment("PID")[3][0][0]) == "PR1" and str(oru.segment("PID")[5]) == "REPORT^RUTH"
         obr = oru.segment("OBR")
-        assert str(obr[18]) == "RP-1" and str(obr[25]) == "F" and str(obr[32]) == "DOC^DORA"
+        assert str(obr[18]) == "RP-1" and str(obr[25]) == "F"
+        # OBR-4 is the order's CE, code and coding scheme included
+        assert [str(oru.extract_field("OBR", 1, 4, 1, n, 1)) for n in (1, 2, 3)] == ["CTHEAD", "CT Head", "L"]
+        # OBR-32 is an NDL: its first component a CNN, ID&family&given&middle&suffix&prefix
+        assert str(obr[32]) == "&HOUSE&GREGORY&&&DR"
+        assert [str(oru.extract_field("OBR", 1, 32, 1, 1, n)) for n in (2, 3, 6)] == ["HOUSE", "GREGORY", "DR"]
         obx = oru.segments("OBX")
         assert str(obx[0][5]) == uid
+        # one OBX per line; the blank line inside is kept, those at the end are not
         assert [oru.unescape(str(s[5])) for s in obx[1:]] == [
-            "FINDINGS: No acute abnormality.", "IMPRESSION: Normal | chest ^ CT.", ""]
+            "FINDINGS: No acute abnormality.", "", "IMPRESSION: Normal | chest ^ CT."]
+        assert [str(s[1]) for s in obx] == ["1", "2", "3", "4"]
         log = [m for m in c.pacs_json("ris", "messages") if m["direction"] == "out"]
         assert log[0]["message_control_id"] == control_id and log[0]["ack_code"] == "AA"
 
@@ -104,3 +116,17 @@ def test_bad_reports_are_refused(cluster: Cluster, tmp_path: Path) -> None:
         res = cluster.pacs("hl7", *args, check=False)
         assert res.returncode == code and says in " ".join(res.stderr.split()), (args, res.stderr)
     assert "nothing is waiting" in cluster.pacs("hl7", "retry", "--all").stdout
+
+
+def test_result_interpreter_and_procedure_are_escaped() -> None:
+    """A delimiter inside a name part or the procedure text is an HL7 escape,
+    never a new component or sub-component."""
+    assert ndl("SMITH&WESSON^ANN^B^PROF^III") == "&SMITH\\T\\WESSON&ANN&B&III&PROF"
+    assert ndl("DOC^DORA=ドク^ドラ") == "&DOC&DORA"  # alphabetic group only
+    study = Study(study_description="CT | head")
+    coded = Order(procedure_code_value="CT^1", requested_procedure_description="CT head & neck",
+                  procedure_coding_scheme="L")
+    assert procedure_ce(coded, study) == "CT\\S\\1^CT head \\T\\ neck^L"
+    assert procedure_ce(Order(procedure_code_value="", requested_procedure_description="",
+                              procedure_coding_scheme=""), study) == "^CT \\F\\ head"
+    assert procedure_ce(None, study) == "^CT \\F\\ head"
