@@ -4,7 +4,8 @@
 the CLI, tests); :func:`worklist_matches` answers a Modality Worklist C-FIND
 identifier with the scheduled orders it matches (PS3.4 K.6.1.2: matching
 keys, return keys, wildcard and range matching, universal matching on
-empty values).
+empty values; the Issuer of Accession Number Sequence matched on its Local
+Namespace Entity ID).
 """
 
 from __future__ import annotations
@@ -174,6 +175,8 @@ def worklist_matches(settings: Settings, query: Dataset) -> list[Dataset]:
     """The worklist items (one per scheduled order) matching ``query``,
     holding the keys the query asked for."""
     sps_query = query.ScheduledProcedureStepSequence[0] if query.get("ScheduledProcedureStepSequence") else Dataset()
+    issuer_query = query.IssuerOfAccessionNumberSequence[0] if query.get("IssuerOfAccessionNumberSequence") \
+        else Dataset()
     dates = _date_range(_text(sps_query, "ScheduledProcedureStepStartDate"))
     times = _time_range(_text(sps_query, "ScheduledProcedureStepStartTime"))
     with unit_of_work(settings) as session:
@@ -195,6 +198,7 @@ def worklist_matches(settings: Settings, query: Dataset) -> list[Dataset]:
         if not (_wildcard(_text(query, "PatientName"), patient.patient_name, ignore_case=True)
                 and _wildcard(_text(query, "PatientID"), patient.patient_id)
                 and _wildcard(_text(query, "AccessionNumber"), order.accession_number)
+                and _wildcard(_text(issuer_query, "LocalNamespaceEntityID"), order.issuer_of_accession_number)
                 and _wildcard(_text(sps_query, "ScheduledStationAETitle"), order.scheduled_station_ae_title)
                 and _wildcard(_text(sps_query, "Modality"), order.modality)
                 and _wildcard(_text(sps_query, "ScheduledPerformingPhysicianName"),
@@ -256,6 +260,23 @@ def _code(order: Order, query: Dataset, keyword: str) -> Sequence:
 _CODES = ("RequestedProcedureCodeSequence", "ScheduledProtocolCodeSequence")
 
 
+def _issuer(order: Order, query: Dataset) -> Sequence:
+    """Issuer of Accession Number Sequence (0008,0051; PS3.3 Table 10-17, HL7v2
+    Hierarchic Designator): one item whose Local Namespace Entity ID is the
+    order's issuer. We keep no Universal Entity ID (or its type): zero
+    length when the query's item asks for it, left out otherwise. No item
+    for an order without an issuer."""
+    if not order.issuer_of_accession_number:
+        return Sequence()
+    asked = query.get("IssuerOfAccessionNumberSequence")
+    item = Dataset()
+    for elem in asked[0] if asked else ():
+        if elem.keyword != "LocalNamespaceEntityID" and elem.VR != "SQ":
+            item.add_new(elem.tag, elem.VR, None)
+    item.LocalNamespaceEntityID = order.issuer_of_accession_number
+    return Sequence([item])
+
+
 def _fill(target: Dataset, query: Dataset, values: dict[str, str], order: Order) -> None:
     """Every key the query asked for: our value, or zero length if we have
     none (PS3.4 K.6.1.2.2); a sequence we do not keep comes back empty."""
@@ -263,8 +284,13 @@ def _fill(target: Dataset, query: Dataset, values: dict[str, str], order: Order)
         if elem.keyword in ("ScheduledProcedureStepSequence", "SpecificCharacterSet"):
             continue
         if elem.VR == "SQ":
-            target.add_new(elem.tag, "SQ", _code(order, query, elem.keyword) if elem.keyword in _CODES
-                           else Sequence())
+            if elem.keyword in _CODES:
+                value = _code(order, query, elem.keyword)
+            elif elem.keyword == "IssuerOfAccessionNumberSequence":
+                value = _issuer(order, query)
+            else:
+                value = Sequence()
+            target.add_new(elem.tag, "SQ", value)
             continue
         target.add_new(elem.tag, elem.VR, values.get(elem.keyword, "") or None)
 

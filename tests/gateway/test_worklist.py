@@ -1,6 +1,7 @@
 """The Modality Worklist SCP against dcmtk's findscu -W, on a cluster under
 ``pacs up``: matching on patient name wildcards, scheduled date ranges,
-modality and station AE title; return keys; cancelled orders left out."""
+modality, station AE title and issuer of accession number; return keys;
+cancelled orders left out."""
 
 from __future__ import annotations
 
@@ -36,7 +37,12 @@ def worklist_cluster(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
             accession_number=acc, patient_id=pid, patient_name=name, patient_birth_date="19700101",
             patient_sex="O", modality=modality, scheduled_station_ae_title=station, scheduled_start=start,
             requested_procedure_id=f"RP-{acc}", requested_procedure_description=f"{modality} exam",
-            scheduled_procedure_step_id=f"SPS-{acc}", status=status))
+            scheduled_procedure_step_id=f"SPS-{acc}", status=status, issuer_of_accession_number="HOSP_A"))
+    # the same accession number from another RIS domain, scheduled alongside ACC-1
+    uids["ACC-1@HOSP_B"] = create_order(settings, OrderFields(
+        accession_number="ACC-1", issuer_of_accession_number="HOSP_B", patient_id="P1",
+        issuer_of_patient_id="HOSP_B", patient_name="TWIN^TOM", modality="CT", scheduled_station_ae_title="CT01",
+        scheduled_start=TODAY, requested_procedure_id="RP-B1", scheduled_procedure_step_id="SPS-B1"))
     uids["ACC-6"] = create_order(settings, OrderFields(
         accession_number="ACC-6", patient_id="P6", patient_name="CODE^CORA", modality="CT",
         scheduled_station_ae_title="CT02", scheduled_start=TODAY + timedelta(days=10),
@@ -128,6 +134,38 @@ def test_procedure_codes_and_sequences_asked_for(worklist_cluster: Cluster, tmp_
     assert "ReferencedStudySequence" in ds and len(ds.ReferencedStudySequence) == 0
     uncoded = findscu(worklist_cluster, tmp_path / "b", "AccessionNumber=ACC-1", "RequestedProcedureCodeSequence")
     assert len(uncoded[0].RequestedProcedureCodeSequence) == 0
+
+
+def issuers(items: list[pydicom.Dataset]) -> set[tuple[str, str]]:
+    return {(str(ds.AccessionNumber), "".join(str(i.LocalNamespaceEntityID)
+                                              for i in ds.IssuerOfAccessionNumberSequence)) for ds in items}
+
+
+def test_issuer_of_accession_number_returned_and_matched(worklist_cluster: Cluster, tmp_path: Path) -> None:
+    """An accession number is unique only within its issuer: the worklist
+    says whose it is, and a query naming an issuer gets that issuer's orders."""
+    items = findscu(worklist_cluster, tmp_path, "AccessionNumber=ACC-1", "IssuerOfAccessionNumberSequence")
+    assert issuers(items) == {("ACC-1", "HOSP_A"), ("ACC-1", "HOSP_B")}
+    [item] = items[0].IssuerOfAccessionNumberSequence
+    assert "UniversalEntityID" not in item and "UniversalEntityIDType" not in item  # not kept, not asked
+    no_issuer = findscu(worklist_cluster, tmp_path / "none", "AccessionNumber=ACC-6",
+                        "IssuerOfAccessionNumberSequence")
+    assert issuers(no_issuer) == {("ACC-6", "")}  # the sequence is there, with no item
+
+    hosp_b = findscu(worklist_cluster, tmp_path / "b", "AccessionNumber=ACC-1",
+                     "IssuerOfAccessionNumberSequence[0].LocalNamespaceEntityID=HOSP_B",
+                     "IssuerOfAccessionNumberSequence[0].UniversalEntityID",
+                     "IssuerOfAccessionNumberSequence[0].UniversalEntityIDType")
+    assert issuers(hosp_b) == {("ACC-1", "HOSP_B")}
+    assert str(hosp_b[0].PatientName) == "TWIN^TOM"
+    assert hosp_b[0].StudyInstanceUID == worklist_cluster.order_uids["ACC-1@HOSP_B"]  # type: ignore[attr-defined]
+    [item] = hosp_b[0].IssuerOfAccessionNumberSequence
+    assert item.UniversalEntityID in (None, "") and item.UniversalEntityIDType in (None, "")  # asked, unknown
+    every_b = findscu(worklist_cluster, tmp_path / "all-b",
+                      "IssuerOfAccessionNumberSequence[0].LocalNamespaceEntityID=HOSP_B")
+    assert issuers(every_b) == {("ACC-1", "HOSP_B")}
+    assert findscu(worklist_cluster, tmp_path / "c",
+                   "IssuerOfAccessionNumberSequence[0].LocalNamespaceEntityID=HOSP_C") == []
 
 
 def test_non_ascii_names_travel_as_utf8(worklist_cluster: Cluster, tmp_path: Path) -> None:
