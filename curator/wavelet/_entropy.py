@@ -90,6 +90,35 @@ def new_tables(mant: bool) -> tuple[np.ndarray, ...]:
     return cdf, np.zeros(NTABLES, np.int32), mcdf, np.zeros(NMCTX, np.int32), sgn
 
 
+# --- packed class tables of the plain decoder -------------------------------
+# Without mantissa mode the decoder keeps each class table as 16 lanes of
+# 16 bits in four uint64 words (lane t of word t >> 2 at bit 16 * (t & 3)),
+# holding b[t] = cdf[t] + t, the bound the search compares with (cdf[16] is
+# CDF_MAX, a constant, and is not stored). Every b[t] is at most 0x7FFF, so a
+# lane never carries into the next one and the search and the adaptation
+# work on four lanes per operation (SWAR), giving the same values as the
+# per-entry arithmetic of the encoder.
+_ONES = np.uint64(0x0001000100010001)
+_HIGH = np.uint64(0x8000800080008000)
+_T = np.array([sum(t << (16 * i) for i, t in enumerate(range(4 * k, 4 * k + 4))) for k in range(4)], np.uint64)
+_UP = np.array([[sum(0xFFFF << (16 * i) for i in range(4) if 4 * k + i > s) for k in range(4)]
+                for s in range(NSYM)], np.uint64)  # lanes t > s: their target is CDF_MAX
+_LANE = np.array([(0xFFFF >> r) * 0x0001000100010001 for r in range(16)], np.uint64)  # lane-wise >> r mask
+_ROUND = np.array([((1 << r) - 1) * 0x0001000100010001 for r in range(16)], np.uint64)  # 2**r - 1 per lane
+_MAXW = np.uint64(CDF_MAX * 0x0001000100010001)
+
+
+_PACKED_INIT = np.array([sum((int(_CDF_INIT[4 * k + i]) + 4 * k + i) << (16 * i) for i in range(4))
+                         for k in range(4)], np.uint64)
+
+
+def new_packed_tables() -> np.ndarray:
+    """Fresh class tables of the plain decoder (see above)."""
+    tables = np.empty((NTABLES, 4), np.uint64)
+    tables[:] = _PACKED_INIT
+    return tables
+
+
 def new_encoder() -> np.ndarray:
     st = np.zeros(STATE_SIZE, np.int64)
     st[_RNG] = 0xFFFFFFFF
@@ -170,13 +199,59 @@ def _dec_sym(cdf, cnt, ctx, fs, mant, ac, nac, rng, code, apos):
     """Decode a symbol with table ``ctx``, update the table; return
     (symbol, range, code, pos)."""
     rr = rng >> CDF_BITS
+    # the tables are monotone: count the bounds passed. code >= rr * b is
+    # q >= b with q = code // rr (code < 2**32, rr >= 2**9): one division
+    # instead of fifteen products
+    q = np.int32(np.uint32(code) // np.uint32(rr))
     s = 0
-    for t in range(1, NSYM):  # the tables are monotone: count the bounds passed
-        s += code >= rr * (((np.int64(cdf[ctx, t]) + cdf[ctx, t + fs]) >> 1) + t)
+    for t in range(1, NSYM):
+        s += q >= ((cdf[ctx, t] + cdf[ctx, t + fs]) >> 1) + t
     lo = rr * (((np.int64(cdf[ctx, s]) + cdf[ctx, s + fs]) >> 1) + s)
     code -= lo
     rng = rr * (((np.int64(cdf[ctx, s + 1]) + cdf[ctx, s + 1 + fs]) >> 1) + s + 1) - lo
     _adapt(cdf, cnt, ctx, s, mant)
+    while rng < 16777216:
+        rng <<= 8
+        b = 0
+        if apos < nac:
+            b = ac[apos]
+        apos += 1
+        code = ((code << 8) | b) & 0xFFFFFFFF
+    return s, rng, code, apos
+
+
+@nb.njit(inline="always")
+def _dec_sym_packed(pk, cnt, ctx, ac, nac, rng, code, apos):
+    """:func:`_dec_sym` of a plain chunk on the packed tables ``pk``."""
+    rr = rng >> CDF_BITS
+    q = np.uint64(min(np.uint32(code) // np.uint32(rr), 0x7FFF))  # code >= rr * b  <=>  q >= b
+    qw = (q * _ONES) | _HIGH
+    passed = np.uint64(0)
+    for k in range(4):  # lanes whose bound q reaches: bit 15 of (q | 0x8000) - b
+        passed += (((qw - pk[ctx, k]) & _HIGH) >> np.uint64(15))
+    s = np.int64((passed * _ONES) >> np.uint64(48)) - 1  # lane 0 (bound 0) always passes
+    lo = rr * np.int64((pk[ctx, s >> 2] >> np.uint64(16 * (s & 3))) & np.uint64(0xFFFF))
+    if s == NSYM - 1:
+        hi = rr * (CDF_MAX + NSYM)
+    else:
+        t = s + 1
+        hi = rr * np.int64((pk[ctx, t >> 2] >> np.uint64(16 * (t & 3))) & np.uint64(0xFFFF))
+    code -= lo
+    rng = hi - lo
+    # adaptation, as _adapt: lanes t <= s move down by ceil(c / 2**rate),
+    # lanes t > s up by (CDF_MAX - c) >> rate
+    n = cnt[ctx]
+    rate = 4 + (n >= C1) + (n >= C2) + (n >= C3) + (n >= C4)
+    cnt[ctx] = n + (1 if n < C4 else 0)
+    r = np.uint64(rate)
+    lane = _LANE[rate]
+    rnd = _ROUND[rate]
+    for k in range(4):
+        c = pk[ctx, k] - _T[k]
+        up = c + (((_MAXW - c) >> r) & lane)
+        down = c - (((c + rnd) >> r) & lane)
+        m = _UP[s, k]
+        pk[ctx, k] = ((up & m) | (down & ~m)) + _T[k]
     while rng < 16777216:
         rng <<= 8
         b = 0
@@ -470,7 +545,10 @@ def _decode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
                     if (mp[r - 1, p - 1] | mp[r - 1, p] | mp[r - 1, p + 1]) != 0 or mp[r - 2, p] > 1 or oth[i, p - 2] > 1:
                         break
                     n += 1
-                run, rng, code, apos = _dec_sym(cdf, cnt, rbase + n - 1, fs, mant, ac, nac, rng, code, apos)
+                if mant:
+                    run, rng, code, apos = _dec_sym(cdf, cnt, rbase + n - 1, fs, mant, ac, nac, rng, code, apos)
+                else:
+                    run, rng, code, apos = _dec_sym_packed(cdf, cnt, rbase + n - 1, ac, nac, rng, code, apos)
                 if run > n:
                     bad = True
                     break
@@ -487,7 +565,10 @@ def _decode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
                 ctx = gbase + ql * NQP + qp
                 k = max(0, (ql - SHIFT_BASE) >> 1)
                 ends_run = False
-            s, rng, code, apos = _dec_sym(cdf, cnt, ctx, fs, mant, ac, nac, rng, code, apos)
+            if mant:
+                s, rng, code, apos = _dec_sym(cdf, cnt, ctx, fs, mant, ac, nac, rng, code, apos)
+            else:
+                s, rng, code, apos = _dec_sym_packed(cdf, cnt, ctx, ac, nac, rng, code, apos)
             q = s
             if ends_run and s == 0:  # the value that ends a run is nonzero
                 bad = True
@@ -618,10 +699,20 @@ def encode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, pr
     return (_encode_mant if mant else _encode_plain)(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict)
 
 
+def new_decoder_tables(mant: bool) -> tuple[np.ndarray, ...]:
+    """:func:`new_tables` for the decoder: a plain chunk's class tables packed."""
+    if mant:
+        return new_tables(mant)
+    sgn = np.zeros((NSIGN, 2), np.int32)
+    sgn[:, 0] = BIT_MAX // 2
+    return (new_packed_tables(), np.zeros(NTABLES, np.int32), np.empty((1, D), np.int32),
+            np.zeros(NMCTX, np.int32), sgn)
+
+
 def decode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict, mant):
     """Inverse of :func:`encode_band`: fill ``band`` and ``mp``. Return
     True if a stream was read past its end or a value is out of range
-    (corrupt or truncated data)."""
+    (corrupt or truncated data). ``cdf``: from :func:`new_decoder_tables`."""
     return (_decode_mant if mant else _decode_plain)(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict)
 
 
