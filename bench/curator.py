@@ -8,9 +8,7 @@ copy per distinct pixel array.
 
 For each codec: compression ratio (raw bytes at 1 byte/pixel for 8 bits,
 2 for more; total and geometric mean per image, per modality), single-
-thread encode and decode MB/s of raw bytes (best of ``--repeats`` after a
-warm-up call, so numba's compile time is excluded), every round trip
-verified, and the share of the file a viewer needs for the 1/8 and 1/4
+thread encode and decode MB/s of raw bytes, every round trip verified, and the share of the file a viewer needs for the 1/8 and 1/4
 previews:
 
 - ours: ``info(data).level_end(k)`` (k = 3, 2), decoded and checked;
@@ -23,7 +21,17 @@ previews:
 - jpegls: not progressive, the whole file (share 1).
 
 Images with fewer than 3 wavelet levels (neither side above 256 pixels)
-are left out of the preview shares, for every codec. Run: ``python bench/curator.py [--json]``.
+are left out of the preview shares, for every codec.
+
+Timing: each codec is called once first (numba's compile time and warm
+caches excluded), then image by image every codec encodes, then every codec
+decodes, ``--repeats`` times in turn, and the best time of each is kept.
+Times are the calling thread's CPU time (``time.thread_time``): every codec
+here runs in that one thread, and on a shared machine CPU time does not
+count the time other processes held the core, while taking turns makes
+whatever else runs weigh on every codec alike.
+
+Run: ``python bench/curator.py [--json] [--repeats N]``.
 """
 
 from __future__ import annotations
@@ -202,31 +210,39 @@ class JPEGLS:
 # ------------------------------------------------------------------ run
 
 
-def _best(fn, repeats):
-    best = math.inf
-    out = None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+def _cpu(fn):
+    t = time.thread_time()
+    out = fn()
+    return time.thread_time() - t, out
 
 
-def run(images, codec, repeats):
-    rows = []
-    codec.decode(codec.encode(images[0]), images[0])  # warm-up (numba compile, caches)
+def run_all(images, codecs, repeats):
+    """Rows per codec; the codecs take turns on every image and repeat."""
+    for codec in codecs:  # warm-up (numba compile, caches)
+        codec.decode(codec.encode(images[0]), images[0])
+    rows = {codec.name: [] for codec in codecs}
     for img in images:
         arr = img["arr"]
         raw = arr.size * (1 if img["bits"] <= 8 else 2)
-        t_enc, data = _best(lambda: codec.encode(img), repeats)
-        t_dec, out = _best(lambda: codec.decode(data, img), repeats)
-        if not np.array_equal(np.asarray(out).reshape(arr.shape), arr):
-            raise SystemExit(f"{codec.name}: round trip of {img['name']} is not exact")
-        p8 = p4 = None
-        if wavelet.default_levels(*arr.shape) >= 3:  # the same images for every codec
-            p8, p4 = codec.preview(data, img, 3), codec.preview(data, img, 2)
-        rows.append(dict(name=img["name"], modality=img["modality"], raw=raw, size=len(data),
-                         t_enc=t_enc, t_dec=t_dec, p8=p8, p4=p4, mp=arr.size >= 1_000_000))  # fmt: skip
+        t_enc = {c.name: math.inf for c in codecs}
+        t_dec = dict(t_enc)
+        data, out = {}, {}
+        for _ in range(repeats):
+            for c in codecs:
+                t, data[c.name] = _cpu(lambda: c.encode(img))
+                t_enc[c.name] = min(t_enc[c.name], t)
+            for c in codecs:
+                t, out[c.name] = _cpu(lambda: c.decode(data[c.name], img))
+                t_dec[c.name] = min(t_dec[c.name], t)
+        for c in codecs:
+            if not np.array_equal(np.asarray(out[c.name]).reshape(arr.shape), arr):
+                raise SystemExit(f"{c.name}: round trip of {img['name']} is not exact")
+            p8 = p4 = None
+            if wavelet.default_levels(*arr.shape) >= 3:  # the same images for every codec
+                p8, p4 = c.preview(data[c.name], img, 3), c.preview(data[c.name], img, 2)
+            rows[c.name].append(dict(name=img["name"], modality=img["modality"], raw=raw,
+                                     size=len(data[c.name]), t_enc=t_enc[c.name], t_dec=t_dec[c.name],
+                                     p8=p8, p4=p4, mp=arr.size >= 1_000_000))  # fmt: skip
     return rows
 
 
@@ -259,11 +275,11 @@ def summarise(rows):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     images = corpus()
     codecs = [Ours(), OpenJPEG(), HTJ2K(), JPEGLS()]
-    results = {c.name: run(images, c, args.repeats) for c in codecs}
+    results = run_all(images, codecs, args.repeats)
     summary = {name: summarise(rows) for name, rows in results.items()}
     corpus_desc = [dict(name=i["name"], modality=i["modality"], shape=list(i["arr"].shape), bits=i["bits"]) for i in images]
     if args.json:
