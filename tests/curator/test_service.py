@@ -227,6 +227,38 @@ def test_killed_curator_loses_nothing_and_the_cache_keeps_its_limit(
     assert wavelet.info(rebuilt.read_bytes()).rows == 512
 
 
+def test_work_of_a_killed_curator_is_taken_up_again_at_once_under_pacs_up(
+        make_cluster: Callable[..., Cluster], tmp_path: Path) -> None:
+    """The embedded broker of ``pacs up``: the message a killed curator had
+    claimed goes back to the queue when the curator is restarted, not after
+    the sweeper's requeue period (300 s by default, kept here)."""
+    c = make_cluster("embedded").start()
+    folder = tmp_path / "few"
+    folder.mkdir()
+    study, series = generate_uid(), generate_uid()
+    n = 24
+    rng = np.random.default_rng(9)
+    for k in range(n):
+        ds = ct_dataset("FEW-1", seed=rng, StudyInstanceUID=study, SeriesInstanceUID=series, InstanceNumber=k + 1,
+                        Rows=512, Columns=512)
+        ds.PixelData = rng.integers(0, 4096, (512, 512)).astype(np.uint16).tobytes()  # noisy: slow to code
+        write_part10(folder / f"{k}.dcm", ds)
+    held = c.pids("curator")
+    for pid in held:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        c.storescu(*sorted(folder.iterdir()))
+        c.wait_indexed(n)
+    finally:
+        for pid in held:
+            os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: any(e["state"] == "done" for e in _entries(c).values()), step=0.02)
+    for pid in held:  # the same processes: asking `pacs status` again would take a second
+        os.kill(pid, signal.SIGKILL)
+    assert sum(e["state"] == "done" for e in _entries(c).values()) < n, "killed midway"
+    wait_until(lambda: len(e := _entries(c)) == n and all(x["state"] == "done" for x in e.values()), timeout=120)
+
+
 def test_the_web_cache_can_live_in_s3_compatible_object_storage(
         make_cluster: Callable[..., Cluster], s3_server, tmp_path: Path) -> None:
     """``PACS_WEBCACHE_URL=s3://bucket/prefix``: the same files, in a bucket

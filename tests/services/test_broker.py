@@ -1,6 +1,7 @@
 """The embedded broker (``filesystem://``): a message appears whole or not
-at all, two consumers never take the same one, and a message that cannot
-be decoded is skipped instead of killing the worker. Regression: a Celery
+at all, two consumers never take the same one, a message that cannot be
+decoded is skipped instead of killing the worker, and a message claimed by
+a process that died unacknowledged goes back to the queue. Regression: a Celery
 worker of ``pacs up`` died of ``JSONDecodeError`` after taking a message
 file that kombu's filesystem transport had created but not yet written."""
 
@@ -80,7 +81,7 @@ def test_an_undecodable_message_is_skipped(tmp_path: Path) -> None:
         (queue / "1_00000000-0000-0000-0000-000000000000.db.msg").write_bytes(b"")  # older, empty
         assert _get(channel, "db") == {"n": 2}
         assert _get(channel, "db") is None
-        assert not list(queue.iterdir()) and not list((tmp_path / "broker" / "processed").iterdir())
+        assert not list(queue.iterdir()) and not list((tmp_path / "broker" / "processed").glob("*.msg"))
 
 
 def _consume_all(data_dir: str, out: multiprocessing.Queue) -> None:
@@ -113,3 +114,47 @@ def test_two_consumers_never_take_the_same_message(tmp_path: Path) -> None:
         p.join(10)
     everything = sorted(taken[0] + taken[1])
     assert everything == list(range(300)), "each message taken exactly once"
+
+
+def _message(n: int) -> dict:
+    return {"body": str(n), "properties": {"delivery_tag": f"tag-{n}", "delivery_info": {}}, "n": n}
+
+
+def _claim_and_die(data_dir: str, ready: multiprocessing.Event) -> None:  # noqa: ANN001
+    conn, channel = _channel(Path(data_dir))
+    assert _get(channel, "curator")["n"] == 1
+    ready.set()
+    time.sleep(60)  # killed before it acknowledges
+
+
+def test_a_message_claimed_by_a_killed_process_goes_back_to_the_queue(tmp_path: Path) -> None:
+    conn, channel = _channel(tmp_path)
+    with conn:
+        channel._put("curator", _message(1))
+        ctx = multiprocessing.get_context("spawn")
+        ready = ctx.Event()
+        worker = ctx.Process(target=_claim_and_die, args=(str(tmp_path), ready))
+        worker.start()
+        assert ready.wait(60)
+        processed = tmp_path / "broker" / "processed"
+        assert len(list(processed.glob("*.msg"))) == 1, "claimed, not deleted, until acknowledged"
+        # while its process lives, nobody takes the claim away
+        assert broker.recover_claims(str(processed), str(tmp_path / "broker" / "queue")) == 0
+        worker.kill()
+        worker.join(10)
+        assert broker.recover_claims(str(processed), str(tmp_path / "broker" / "queue")) == 1
+        again = _get(channel, "curator")
+        assert again is not None and again["n"] == 1
+        assert _get(channel, "curator") is None, "put back once"
+        assert not [p for p in processed.iterdir() if p.name.endswith(".owner") and broker._MARK not in p.name]
+
+
+def test_an_acknowledged_message_leaves_no_claim(tmp_path: Path) -> None:
+    conn, channel = _channel(tmp_path)
+    with conn:
+        channel._put("db", _message(7))
+        assert _get(channel, "db")["n"] == 7
+        processed = tmp_path / "broker" / "processed"
+        assert len(list(processed.glob("*.msg"))) == 1
+        channel.basic_ack("tag-7")
+        assert not list(processed.glob("*.msg"))
