@@ -195,6 +195,20 @@ def _enc_sym(cdf, cnt, ctx, s, fs, mant, ac, low, rng, cache, csize, apos):
 
 
 @nb.njit(inline="always")
+def _dec_renorm(ac, nac, rng, code, apos):
+    """Bring the range back above 2**24, a byte of ``ac`` at a time (zeros
+    past its end: the caller checks ``apos`` against ``nac`` at the end)."""
+    while rng < 16777216:
+        rng <<= 8
+        b = 0
+        if apos < nac:
+            b = ac[apos]
+        apos += 1
+        code = ((code << 8) | b) & 0xFFFFFFFF
+    return rng, code, apos
+
+
+@nb.njit(inline="always")
 def _dec_sym(cdf, cnt, ctx, fs, mant, ac, nac, rng, code, apos):
     """Decode a symbol with table ``ctx``, update the table; return
     (symbol, range, code, pos)."""
@@ -210,13 +224,7 @@ def _dec_sym(cdf, cnt, ctx, fs, mant, ac, nac, rng, code, apos):
     code -= lo
     rng = rr * (((np.int64(cdf[ctx, s + 1]) + cdf[ctx, s + 1 + fs]) >> 1) + s + 1) - lo
     _adapt(cdf, cnt, ctx, s, mant)
-    while rng < 16777216:
-        rng <<= 8
-        b = 0
-        if apos < nac:
-            b = ac[apos]
-        apos += 1
-        code = ((code << 8) | b) & 0xFFFFFFFF
+    rng, code, apos = _dec_renorm(ac, nac, rng, code, apos)
     return s, rng, code, apos
 
 
@@ -252,13 +260,7 @@ def _dec_sym_packed(pk, cnt, ctx, ac, nac, rng, code, apos):
         down = c - (((c + rnd) >> r) & lane)
         m = _UP[s, k]
         pk[ctx, k] = ((up & m) | (down & ~m)) + _T[k]
-    while rng < 16777216:
-        rng <<= 8
-        b = 0
-        if apos < nac:
-            b = ac[apos]
-        apos += 1
-        code = ((code << 8) | b) & 0xFFFFFFFF
+    rng, code, apos = _dec_renorm(ac, nac, rng, code, apos)
     return s, rng, code, apos
 
 
@@ -298,13 +300,7 @@ def _dec_bit(sgn, ctx, ac, nac, rng, code, apos):
     code -= bound & m
     rng = bound + ((rng - 2 * bound) & m)
     _adapt_bit(sgn, ctx, m)
-    while rng < 16777216:
-        rng <<= 8
-        b = 0
-        if apos < nac:
-            b = ac[apos]
-        apos += 1
-        code = ((code << 8) | b) & 0xFFFFFFFF
+    rng, code, apos = _dec_renorm(ac, nac, rng, code, apos)
     return bit, rng, code, apos
 
 

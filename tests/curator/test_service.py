@@ -164,6 +164,24 @@ def test_a_stored_study_is_curated_without_any_command(cluster: Cluster, tmp_pat
     assert bad.returncode == 2 and "UID" in bad.stderr
 
 
+def send_then_kill_the_curator(c: Cluster, folder: Path, n: int) -> None:
+    """Send the folder's ``n`` images while the curator is held (SIGSTOP),
+    so that the kill lands while work is queued however fast or loaded the
+    machine is; let it go, and kill it (SIGKILL) once one instance is done."""
+    held = c.pids("curator")
+    for pid in held:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        c.storescu(*sorted(folder.iterdir()))
+        c.wait_indexed(n)
+    finally:
+        for pid in held:
+            os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: any(e["state"] == "done" for e in _entries(c).values()), step=0.02)
+    for pid in held:  # the same processes: asking `pacs status` again would take a second
+        os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.slow
 def test_killed_curator_loses_nothing_and_the_cache_keeps_its_limit(
         make_cluster: Callable[..., Cluster], tmp_path: Path) -> None:
@@ -179,26 +197,13 @@ def test_killed_curator_loses_nothing_and_the_cache_keeps_its_limit(
         smooth = (np.add.outer(np.arange(512), np.arange(512)) * 3 + rng.integers(0, 64, (512, 512)))
         ds.PixelData = (smooth % 4096).astype(np.uint16).tobytes()
         write_part10(folder / f"{k:03d}.dcm", ds)
-    # the curator is held (SIGSTOP) while the study comes in, so that the kill
-    # below lands while work is queued, however fast or loaded the machine is
-    held = c.pids("curator")
-    for pid in held:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        c.storescu(*sorted(folder.iterdir()))
-        c.wait_indexed(n)
-    finally:
-        for pid in held:
-            os.kill(pid, signal.SIGCONT)
+    send_then_kill_the_curator(c, folder, n)
 
     def progress() -> tuple[int, int]:
         e = _entries(c)
         return sum(x["state"] == "done" for x in e.values()), len(e)
 
-    wait_until(lambda: progress()[0] >= 1, step=0.02)
     done_at_kill, _ = progress()
-    for pid in c.pids("curator"):
-        os.kill(pid, signal.SIGKILL)
     assert done_at_kill < n, "the curator was killed midway"
     wait_until(lambda: progress() == (n, n) or (sum(x["state"] in ("done", "evicted") for x in _entries(c).values())
                                            == n), timeout=180)
@@ -243,18 +248,7 @@ def test_work_of_a_killed_curator_is_taken_up_again_at_once_under_pacs_up(
                         Rows=512, Columns=512)
         ds.PixelData = rng.integers(0, 4096, (512, 512)).astype(np.uint16).tobytes()  # noisy: slow to code
         write_part10(folder / f"{k}.dcm", ds)
-    held = c.pids("curator")
-    for pid in held:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        c.storescu(*sorted(folder.iterdir()))
-        c.wait_indexed(n)
-    finally:
-        for pid in held:
-            os.kill(pid, signal.SIGCONT)
-    wait_until(lambda: any(e["state"] == "done" for e in _entries(c).values()), step=0.02)
-    for pid in held:  # the same processes: asking `pacs status` again would take a second
-        os.kill(pid, signal.SIGKILL)
+    send_then_kill_the_curator(c, folder, n)
     assert sum(e["state"] == "done" for e in _entries(c).values()) < n, "killed midway"
     wait_until(lambda: len(e := _entries(c)) == n and all(x["state"] == "done" for x in e.values()), timeout=120)
 

@@ -43,6 +43,26 @@ def log_rows(c: Cluster) -> list[tuple[str, str, str]]:
     return c.sql("SELECT message_control_id, message_type, ack_code FROM hl7_messages")
 
 
+def worklist(c: Cluster, calling: str, keys: dict[str, str], step: dict[str, str]) -> list[Dataset]:
+    """The answers of a Modality Worklist C-FIND (pynetdicom) with these
+    top-level and Scheduled Procedure Step keys."""
+    ae = AE(calling)
+    ae.add_requested_context(ModalityWorklistInformationFind)
+    assoc = ae.associate("127.0.0.1", c.dicom_port, ae_title="PACS")
+    query = Dataset()
+    for keyword, value in keys.items():
+        setattr(query, keyword, value)
+    sps = Dataset()
+    for keyword, value in step.items():
+        setattr(sps, keyword, value)
+    query.ScheduledProcedureStepSequence = Sequence([sps])
+    try:
+        return [ds for status, ds in assoc.send_c_find(query, ModalityWorklistInformationFind)
+                if status.Status == 0xFF00]
+    finally:
+        assoc.release()
+
+
 def test_adt_creates_then_updates_a_patient(ris_cluster: Cluster) -> None:
     ack = send(ris_cluster, adt("A04", "ADT-1", "P1", "DOE^JOHN"))
     assert ack_code(ack) == "AA" and str(ack.segment("MSA")[2]) == "ADT-1"
@@ -96,18 +116,8 @@ def test_orders_new_change_cancel_and_worklist(ris_cluster: Cluster) -> None:
     assert (cancelled["modality"], cancelled["scheduled_station_ae_title"]) == ("CT", "CT01")
     assert cancelled["scheduled_start"].startswith("2026-11-24T10:30")
 
-    ae = AE("MR02")
-    ae.add_requested_context(ModalityWorklistInformationFind)
-    assoc = ae.associate("127.0.0.1", ris_cluster.dicom_port, ae_title="PACS")
-    query = Dataset()
-    query.PatientName = ""
-    query.AccessionNumber = ""
-    sps = Dataset()
-    sps.ScheduledStationAETitle = "MR02"
-    query.ScheduledProcedureStepSequence = Sequence([sps])
-    answers = [ds for status, ds in assoc.send_c_find(query, ModalityWorklistInformationFind)
-               if status.Status == 0xFF00]
-    assoc.release()
+    answers = worklist(ris_cluster, "MR02", {"PatientName": "", "AccessionNumber": ""},
+                       {"ScheduledStationAETitle": "MR02"})
     assert [(ds.AccessionNumber, str(ds.PatientName)) for ds in answers] == [("A101", "ORDER^OLGA")]
 
 
@@ -212,19 +222,8 @@ def test_partial_dates_escapes_and_time_zones(ris_cluster: Cluster) -> None:
     local = datetime(2030, 12, 1, 8, 30, tzinfo=timezone.utc).astimezone().replace(tzinfo=None)
     assert orders(ris_cluster)["A320"]["scheduled_start"] == local.isoformat()
 
-    ae = AE("TZ01")
-    ae.add_requested_context(ModalityWorklistInformationFind)
-    assoc = ae.associate("127.0.0.1", ris_cluster.dicom_port, ae_title="PACS")
-    query = Dataset()
-    query.PatientBirthDate = ""
-    query.AccessionNumber = "A320"
-    sps = Dataset()
-    sps.ScheduledProcedureStepStartDate = ""
-    sps.ScheduledProcedureStepStartTime = ""
-    query.ScheduledProcedureStepSequence = Sequence([sps])
-    answers = [ds for status, ds in assoc.send_c_find(query, ModalityWorklistInformationFind)
-               if status.Status == 0xFF00]
-    assoc.release()
+    answers = worklist(ris_cluster, "TZ01", {"PatientBirthDate": "", "AccessionNumber": "A320"},
+                       {"ScheduledProcedureStepStartDate": "", "ScheduledProcedureStepStartTime": ""})
     assert len(answers) == 1
     item = answers[0].ScheduledProcedureStepSequence[0]
     assert (item.ScheduledProcedureStepStartDate, item.ScheduledProcedureStepStartTime) == (
