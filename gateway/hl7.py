@@ -33,7 +33,7 @@ from typing import Any
 
 import hl7
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from dbserver.models import Hl7Message, Order, RisDomain, utcnow
@@ -482,19 +482,18 @@ def respond(raw_bytes: bytes, settings: Settings, remote: str = "") -> tuple[str
         code, error, text = "AE", exc, str(exc)
     except ValueError as exc:
         code, error, text = "AE", Hl7Error(str(exc)), str(exc)
-    except DBAPIError as exc:
-        if exc.connection_invalidated or exc.__class__.__name__ in ("OperationalError", "InterfaceError"):
-            LOG.error("HL7 message from %s not applied, the index is unreachable: %s", remote, exc)
-            code, error, text = "AR", Hl7Error("the index is unreachable; send the message again", "", "207"), \
-                "the index is unreachable; send the message again"
-        else:  # a value the index refuses (a constraint): nothing was applied
-            LOG.warning("HL7 message from %s refused by the index: %s", remote, exc)
-            text = f"a value is not valid here: {str(exc.orig or exc).splitlines()[0][:160]}"
-            code, error = "AE", Hl7Error(text, "", "207")
+    except (OperationalError, InterfaceError) as exc:  # the index down: the RIS sends it again
+        LOG.error("HL7 message from %s not applied, the index is unreachable: %s", remote, exc)
+        text = "the index is unreachable; send the message again"
+        code, error = "AR", Hl7Error(text, "", "207")
+    except DBAPIError as exc:  # a value the index refuses (a constraint): nothing was applied
+        LOG.warning("HL7 message from %s refused by the index: %s", remote, exc)
+        text = f"a value is not valid here: {str(exc.orig or exc).splitlines()[0][:160]}"
+        code, error = "AE", Hl7Error(text, "", "207")
     except Exception as exc:  # noqa: BLE001 - every message gets an answer
         LOG.exception("HL7 message from %s failed", remote)
-        code, error, text = "AE", Hl7Error(f"internal error: {exc.__class__.__name__}", "", "207"), \
-            f"internal error: {exc.__class__.__name__}: {exc}"
+        text = f"internal error: {exc.__class__.__name__}: {exc}"
+        code, error = "AE", Hl7Error(f"internal error: {exc.__class__.__name__}", "", "207")
     LOG.warning("HL7 message from %s answered %s: %s", remote, code, text)
     log_rejected(settings, raw, remote, msg, code, text)
     return _ack(msg, code, text, error, charset=charset), encoding

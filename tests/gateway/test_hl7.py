@@ -16,7 +16,8 @@ from pydicom.sequence import Sequence
 from pynetdicom import AE
 from pynetdicom.sop_class import ModalityWorklistInformationFind
 
-from gateway.hl7 import FrameReader
+from gateway.hl7 import FrameReader, respond
+from services.settings import load_settings
 from tests.cluster import Cluster, need_backends
 from tests.ris import CR, FS, VT, ack_code, adt, msh, orm, send
 
@@ -229,6 +230,18 @@ def test_partial_dates_escapes_and_time_zones(ris_cluster: Cluster) -> None:
     assert (item.ScheduledProcedureStepStartDate, item.ScheduledProcedureStepStartTime) == (
         local.strftime("%Y%m%d"), local.strftime("%H%M%S"))
     assert answers[0].PatientBirthDate == ""  # a birth year is no DICOM date
+
+
+def test_the_index_unreachable_is_answered_ar(tmp_path, caplog: pytest.LogCaptureFixture) -> None:  # noqa: ANN001
+    """PostgreSQL down: the message is answered AR (the RIS sends it again),
+    not dropped with its connection, and the service log keeps it."""
+    settings = load_settings(data_dir=tmp_path,
+                             database_url="postgresql+psycopg://postgres@127.0.0.1:1/nowhere?connect_timeout=2")
+    ack, _ = respond(adt("A08", "DOWN-1", "P900", "DOWN^DAN").encode(), settings, "127.0.0.1:9")
+    parsed = hl7.parse(ack)
+    assert ack_code(parsed) == "AR" and str(parsed.segment("MSA")[2]) == "DOWN-1"
+    assert str(parsed.segment("ERR")[3]).startswith("207^") and "unreachable" in ack
+    assert any("not logged" in r.message and "DOWN-1" in r.message for r in caplog.records)
 
 
 def _raw(c: Cluster) -> socket.socket:
