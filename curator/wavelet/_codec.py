@@ -112,7 +112,7 @@ class _ChunkDecoder:
         self.ac = buf[pos : pos + na]
         self.raw = buf[pos + na :]
         self.st = ent.new_decoder(self.ac)
-        self.model = ent.new_decoder_tables(self.mant)
+        self.model = ent.new_tables(self.mant, packed=True)
         self.where = where
 
     def band(self, shape, group, predict, oth) -> tuple[np.ndarray, np.ndarray]:

@@ -76,13 +76,18 @@ STATE_SIZE = 9
 _CDF_INIT = np.tile(np.arange(NSYM + 1) * (CDF_MAX // NSYM), 2).astype(np.int32)
 
 
-def new_tables(mant: bool) -> tuple[np.ndarray, ...]:
+def new_tables(mant: bool, packed: bool = False) -> tuple[np.ndarray, ...]:
     """Fresh model: (class tables, their counts, mantissa tables, their
     counts, sign tables). Without mantissa mode the coders read neither
-    the fast estimates nor the mantissa tables: they are not allocated."""
+    the fast estimates nor the mantissa tables: they are not allocated, and
+    with ``packed`` (the decoder) the class tables are packed (see
+    :func:`new_packed_tables`)."""
     width = 2 * D if mant else D
-    cdf = np.empty((NTABLES, width), np.int32)
-    cdf[:] = _CDF_INIT[:width]
+    if packed and not mant:
+        cdf = new_packed_tables()
+    else:
+        cdf = np.empty((NTABLES, width), np.int32)
+        cdf[:] = _CDF_INIT[:width]
     mcdf = np.empty((NMCTX if mant else 1, width), np.int32)
     mcdf[:] = _CDF_INIT[:width]
     sgn = np.zeros((NSIGN, 2), np.int32)
@@ -195,6 +200,18 @@ def _enc_sym(cdf, cnt, ctx, s, fs, mant, ac, low, rng, cache, csize, apos):
 
 
 @nb.njit(inline="always")
+def _rate(n):
+    """A table's adaptation shift after ``n`` uses."""
+    return 4 + (n >= C1) + (n >= C2) + (n >= C3) + (n >= C4)
+
+
+@nb.njit(inline="always")
+def _lane(pk, ctx, t):
+    """Lane ``t`` (the bound b[t]) of packed table ``ctx``."""
+    return np.int64((pk[ctx, t >> 2] >> np.uint64(16 * (t & 3))) & np.uint64(0xFFFF))
+
+
+@nb.njit(inline="always")
 def _dec_renorm(ac, nac, rng, code, apos):
     """Bring the range back above 2**24, a byte of ``ac`` at a time (zeros
     past its end: the caller checks ``apos`` against ``nac`` at the end)."""
@@ -238,18 +255,14 @@ def _dec_sym_packed(pk, cnt, ctx, ac, nac, rng, code, apos):
     for k in range(4):  # lanes whose bound q reaches: bit 15 of (q | 0x8000) - b
         passed += (((qw - pk[ctx, k]) & _HIGH) >> np.uint64(15))
     s = np.int64((passed * _ONES) >> np.uint64(48)) - 1  # lane 0 (bound 0) always passes
-    lo = rr * np.int64((pk[ctx, s >> 2] >> np.uint64(16 * (s & 3))) & np.uint64(0xFFFF))
-    if s == NSYM - 1:
-        hi = rr * (CDF_MAX + NSYM)
-    else:
-        t = s + 1
-        hi = rr * np.int64((pk[ctx, t >> 2] >> np.uint64(16 * (t & 3))) & np.uint64(0xFFFF))
+    lo = rr * _lane(pk, ctx, s)
+    hi = rr * (CDF_MAX + NSYM if s == NSYM - 1 else _lane(pk, ctx, s + 1))
     code -= lo
     rng = hi - lo
     # adaptation, as _adapt: lanes t <= s move down by ceil(c / 2**rate),
     # lanes t > s up by (CDF_MAX - c) >> rate
     n = cnt[ctx]
-    rate = 4 + (n >= C1) + (n >= C2) + (n >= C3) + (n >= C4)
+    rate = _rate(n)
     cnt[ctx] = n + (1 if n < C4 else 0)
     r = np.uint64(rate)
     lane = _LANE[rate]
@@ -308,7 +321,7 @@ def _dec_bit(sgn, ctx, ac, nac, rng, code, apos):
 def _adapt_bit(sgn, ctx, m):
     """``m``: 0 after a 0, -1 after a 1."""
     n = sgn[ctx, 1]
-    rate = 4 + (n >= C1) + (n >= C2) + (n >= C3) + (n >= C4)
+    rate = _rate(n)
     sgn[ctx, 1] = n + (1 if n < C4 else 0)
     tgt = BIT_MAX & ~m
     sgn[ctx, 0] += (tgt - sgn[ctx, 0]) >> rate
@@ -333,7 +346,7 @@ def _sign_ctx(band, i, j, group):
 @nb.njit(inline="always")
 def _adapt(cdf, cnt, ctx, s, mant):
     n = cnt[ctx]
-    rate = 4 + (n >= C1) + (n >= C2) + (n >= C3) + (n >= C4)
+    rate = _rate(n)
     cnt[ctx] = n + (1 if n < C4 else 0)
     for t in range(1, NSYM):
         tgt = CDF_MAX if t > s else 0
@@ -695,20 +708,10 @@ def encode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, pr
     return (_encode_mant if mant else _encode_plain)(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict)
 
 
-def new_decoder_tables(mant: bool) -> tuple[np.ndarray, ...]:
-    """:func:`new_tables` for the decoder: a plain chunk's class tables packed."""
-    if mant:
-        return new_tables(mant)
-    sgn = np.zeros((NSIGN, 2), np.int32)
-    sgn[:, 0] = BIT_MAX // 2
-    return (new_packed_tables(), np.zeros(NTABLES, np.int32), np.empty((1, D), np.int32),
-            np.zeros(NMCTX, np.int32), sgn)
-
-
 def decode_band(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict, mant):
     """Inverse of :func:`encode_band`: fill ``band`` and ``mp``. Return
     True if a stream was read past its end or a value is out of range
-    (corrupt or truncated data). ``cdf``: from :func:`new_decoder_tables`."""
+    (corrupt or truncated data). ``cdf``: from ``new_tables(mant, packed=True)``."""
     return (_decode_mant if mant else _decode_plain)(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict)
 
 
