@@ -79,30 +79,34 @@ _CDF_INIT = np.tile(np.arange(NSYM + 1) * (CDF_MAX // NSYM), 2).astype(np.int32)
 def new_tables(mant: bool, packed: bool = False) -> tuple[np.ndarray, ...]:
     """Fresh model: (class tables, their counts, mantissa tables, their
     counts, sign tables). Without mantissa mode the coders read neither
-    the fast estimates nor the mantissa tables: they are not allocated, and
-    with ``packed`` (the decoder) the class tables are packed (see
-    :func:`new_packed_tables`)."""
-    width = 2 * D if mant else D
-    if packed and not mant:
-        cdf = new_packed_tables()
+    the fast estimates nor the mantissa tables: they are not allocated.
+    With ``packed`` (the decoder) the class and mantissa tables are packed
+    (see :func:`new_packed_tables`)."""
+    if packed:
+        cdf = new_packed_tables(NTABLES, mant)
+        mcdf = new_packed_tables(NMCTX if mant else 1, mant)
     else:
+        width = 2 * D if mant else D
         cdf = np.empty((NTABLES, width), np.int32)
         cdf[:] = _CDF_INIT[:width]
-    mcdf = np.empty((NMCTX if mant else 1, width), np.int32)
-    mcdf[:] = _CDF_INIT[:width]
+        mcdf = np.empty((NMCTX if mant else 1, width), np.int32)
+        mcdf[:] = _CDF_INIT[:width]
     sgn = np.zeros((NSIGN, 2), np.int32)
     sgn[:, 0] = BIT_MAX // 2
     return cdf, np.zeros(NTABLES, np.int32), mcdf, np.zeros(NMCTX, np.int32), sgn
 
 
-# --- packed class tables of the plain decoder -------------------------------
-# Without mantissa mode the decoder keeps each class table as 16 lanes of
-# 16 bits in four uint64 words (lane t of word t >> 2 at bit 16 * (t & 3)),
-# holding b[t] = cdf[t] + t, the bound the search compares with (cdf[16] is
-# CDF_MAX, a constant, and is not stored). Every b[t] is at most 0x7FFF, so a
-# lane never carries into the next one and the search and the adaptation
-# work on four lanes per operation (SWAR), giving the same values as the
-# per-entry arithmetic of the encoder.
+# --- packed tables of the decoder -------------------------------------------
+# The decoder keeps each table as 16 lanes of 16 bits in four uint64 words
+# (lane t of word t >> 2 at bit 16 * (t & 3)). In a plain chunk the lanes
+# hold b[t] = cdf[t] + t, the bound the search compares with (cdf[16] is
+# CDF_MAX, a constant, and is not stored); in mantissa mode four words of
+# the slow estimate c[t] are followed by four of the fast one f[t], and the
+# bound b[t] = floor((c[t] + f[t]) / 2) + t is formed lane-wise (c + f is at
+# most 2 * CDF_MAX < 2**16). Every b[t] is at most 0x7FFF, so a lane never
+# carries into the next one and the search and the adaptation work on four
+# lanes per operation (SWAR), giving the same values as the per-entry
+# arithmetic of the encoder.
 _ONES = np.uint64(0x0001000100010001)
 _HIGH = np.uint64(0x8000800080008000)
 _T = np.array([sum(t << (16 * i) for i, t in enumerate(range(4 * k, 4 * k + 4))) for k in range(4)], np.uint64)
@@ -111,16 +115,22 @@ _UP = np.array([[sum(0xFFFF << (16 * i) for i in range(4) if 4 * k + i > s) for 
 _LANE = np.array([(0xFFFF >> r) * 0x0001000100010001 for r in range(16)], np.uint64)  # lane-wise >> r mask
 _ROUND = np.array([((1 << r) - 1) * 0x0001000100010001 for r in range(16)], np.uint64)  # 2**r - 1 per lane
 _MAXW = np.uint64(CDF_MAX * 0x0001000100010001)
+_FAST_LANE = _LANE[FAST_RATE]
+_FAST_ROUND = _ROUND[FAST_RATE]
 
 
-_PACKED_INIT = np.array([sum((int(_CDF_INIT[4 * k + i]) + 4 * k + i) << (16 * i) for i in range(4))
-                         for k in range(4)], np.uint64)
+def _pack_lanes(values) -> np.ndarray:
+    return np.array([sum(int(values[4 * k + i]) << (16 * i) for i in range(4)) for k in range(4)], np.uint64)
 
 
-def new_packed_tables() -> np.ndarray:
-    """Fresh class tables of the plain decoder (see above)."""
-    tables = np.empty((NTABLES, 4), np.uint64)
-    tables[:] = _PACKED_INIT
+_PACKED_INIT = _pack_lanes(_CDF_INIT[:NSYM] + np.arange(NSYM))  # b[t] = cdf[t] + t
+_PACKED_MANT_INIT = np.concatenate([_pack_lanes(_CDF_INIT[:NSYM])] * 2)  # c[t], f[t]
+
+
+def new_packed_tables(n: int = NTABLES, mant: bool = False) -> np.ndarray:
+    """``n`` fresh packed tables of the decoder (see above)."""
+    tables = np.empty((n, 8 if mant else 4), np.uint64)
+    tables[:] = _PACKED_MANT_INIT if mant else _PACKED_INIT
     return tables
 
 
@@ -207,8 +217,16 @@ def _rate(n):
 
 @nb.njit(inline="always")
 def _lane(pk, ctx, t):
-    """Lane ``t`` (the bound b[t]) of packed table ``ctx``."""
+    """Lane ``t`` of packed table ``ctx`` (of its slow estimate in mantissa mode)."""
     return np.int64((pk[ctx, t >> 2] >> np.uint64(16 * (t & 3))) & np.uint64(0xFFFF))
+
+
+@nb.njit(inline="always")
+def _bound(pk, ctx, t, mant):
+    """The bound b[t] of packed table ``ctx``."""
+    if mant:
+        return ((_lane(pk, ctx, t) + _lane(pk, ctx, t + NSYM)) >> 1) + t
+    return _lane(pk, ctx, t)
 
 
 @nb.njit(inline="always")
@@ -226,53 +244,46 @@ def _dec_renorm(ac, nac, rng, code, apos):
 
 
 @nb.njit(inline="always")
-def _dec_sym(cdf, cnt, ctx, fs, mant, ac, nac, rng, code, apos):
-    """Decode a symbol with table ``ctx``, update the table; return
-    (symbol, range, code, pos)."""
-    rr = rng >> CDF_BITS
-    # the tables are monotone: count the bounds passed. code >= rr * b is
-    # q >= b with q = code // rr (code < 2**32, rr >= 2**9): one division
-    # instead of fifteen products
-    q = np.int32(np.uint32(code) // np.uint32(rr))
-    s = 0
-    for t in range(1, NSYM):
-        s += q >= ((cdf[ctx, t] + cdf[ctx, t + fs]) >> 1) + t
-    lo = rr * (((np.int64(cdf[ctx, s]) + cdf[ctx, s + fs]) >> 1) + s)
-    code -= lo
-    rng = rr * (((np.int64(cdf[ctx, s + 1]) + cdf[ctx, s + 1 + fs]) >> 1) + s + 1) - lo
-    _adapt(cdf, cnt, ctx, s, mant)
-    rng, code, apos = _dec_renorm(ac, nac, rng, code, apos)
-    return s, rng, code, apos
+def _adapt_lanes(c, m, r, lane, rnd):
+    """Four lanes of an estimate after a symbol: lanes in ``m`` move up by
+    (CDF_MAX - c) >> r, the others down by ceil(c / 2**r), as :func:`_adapt`."""
+    up = c + (((_MAXW - c) >> r) & lane)
+    down = c - (((c + rnd) >> r) & lane)
+    return (up & m) | (down & ~m)
 
 
 @nb.njit(inline="always")
-def _dec_sym_packed(pk, cnt, ctx, ac, nac, rng, code, apos):
-    """:func:`_dec_sym` of a plain chunk on the packed tables ``pk``."""
+def _dec_sym_packed(pk, cnt, ctx, mant, ac, nac, rng, code, apos):
+    """Decode a symbol with packed table ``ctx`` (see above), update the
+    table as :func:`_adapt` does; return (symbol, range, code, pos)."""
     rr = rng >> CDF_BITS
     q = np.uint64(min(np.uint32(code) // np.uint32(rr), 0x7FFF))  # code >= rr * b  <=>  q >= b
     qw = (q * _ONES) | _HIGH
     passed = np.uint64(0)
     for k in range(4):  # lanes whose bound q reaches: bit 15 of (q | 0x8000) - b
-        passed += (((qw - pk[ctx, k]) & _HIGH) >> np.uint64(15))
+        b = pk[ctx, k]
+        if mant:  # b = floor((c + f) / 2) + t, lane-wise
+            b = (((b + pk[ctx, k + 4]) >> np.uint64(1)) & _LANE[1]) + _T[k]
+        passed += ((qw - b) & _HIGH) >> np.uint64(15)
     s = np.int64((passed * _ONES) >> np.uint64(48)) - 1  # lane 0 (bound 0) always passes
-    lo = rr * _lane(pk, ctx, s)
-    hi = rr * (CDF_MAX + NSYM if s == NSYM - 1 else _lane(pk, ctx, s + 1))
+    lo = rr * _bound(pk, ctx, s, mant)
+    hi = rr * (CDF_MAX + NSYM if s == NSYM - 1 else _bound(pk, ctx, s + 1, mant))
     code -= lo
     rng = hi - lo
-    # adaptation, as _adapt: lanes t <= s move down by ceil(c / 2**rate),
-    # lanes t > s up by (CDF_MAX - c) >> rate
     n = cnt[ctx]
     rate = _rate(n)
     cnt[ctx] = n + (1 if n < C4 else 0)
     r = np.uint64(rate)
     lane = _LANE[rate]
     rnd = _ROUND[rate]
-    for k in range(4):
-        c = pk[ctx, k] - _T[k]
-        up = c + (((_MAXW - c) >> r) & lane)
-        down = c - (((c + rnd) >> r) & lane)
-        m = _UP[s, k]
-        pk[ctx, k] = ((up & m) | (down & ~m)) + _T[k]
+    if mant:
+        for k in range(4):
+            m = _UP[s, k]
+            pk[ctx, k] = _adapt_lanes(pk[ctx, k], m, r, lane, rnd)
+            pk[ctx, k + 4] = _adapt_lanes(pk[ctx, k + 4], m, np.uint64(FAST_RATE), _FAST_LANE, _FAST_ROUND)
+    else:
+        for k in range(4):
+            pk[ctx, k] = _adapt_lanes(pk[ctx, k] - _T[k], _UP[s, k], r, lane, rnd) + _T[k]
     rng, code, apos = _dec_renorm(ac, nac, rng, code, apos)
     return s, rng, code, apos
 
@@ -530,7 +541,6 @@ def _decode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
     rows, cols = band.shape
     gbase = group * NQL * NQP
     rbase = RUN_BASE + group * RUN_MAX
-    fs = D if mant else 0  # mantissa (synthetic) mode: mean of a fast and the slow estimate
     bad = False
     for i in range(rows):
         r = i + 2
@@ -554,10 +564,7 @@ def _decode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
                     if (mp[r - 1, p - 1] | mp[r - 1, p] | mp[r - 1, p + 1]) != 0 or mp[r - 2, p] > 1 or oth[i, p - 2] > 1:
                         break
                     n += 1
-                if mant:
-                    run, rng, code, apos = _dec_sym(cdf, cnt, rbase + n - 1, fs, mant, ac, nac, rng, code, apos)
-                else:
-                    run, rng, code, apos = _dec_sym_packed(cdf, cnt, rbase + n - 1, ac, nac, rng, code, apos)
+                run, rng, code, apos = _dec_sym_packed(cdf, cnt, rbase + n - 1, mant, ac, nac, rng, code, apos)
                 if run > n:
                     bad = True
                     break
@@ -574,10 +581,7 @@ def _decode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
                 ctx = gbase + ql * NQP + qp
                 k = max(0, (ql - SHIFT_BASE) >> 1)
                 ends_run = False
-            if mant:
-                s, rng, code, apos = _dec_sym(cdf, cnt, ctx, fs, mant, ac, nac, rng, code, apos)
-            else:
-                s, rng, code, apos = _dec_sym_packed(cdf, cnt, ctx, ac, nac, rng, code, apos)
+            s, rng, code, apos = _dec_sym_packed(cdf, cnt, ctx, mant, ac, nac, rng, code, apos)
             q = s
             if ends_run and s == 0:  # the value that ends a run is nonzero
                 bad = True
@@ -618,7 +622,7 @@ def _decode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
                 w = min(nr, MANT_BITS)
                 nr -= w
                 ctx = (group * MANT_Q + min(q, MANT_Q - 1)) * MANT_K + min(k, MANT_K - 1)
-                s, rng, code, apos = _dec_sym(mcdf, mcnt, ctx, fs, mant, ac, nac, rng, code, apos)
+                s, rng, code, apos = _dec_sym_packed(mcdf, mcnt, ctx, mant, ac, nac, rng, code, apos)
                 if s >> w:  # a w-bit mantissa
                     bad = True
                     break
