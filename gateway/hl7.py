@@ -3,7 +3,8 @@ HIS/RIS.
 
 Framing (MLLP, HL7 v2.5.1 Appendix C): ``<VT> message <FS><CR>``; a message
 may arrive split over many reads, several may come in one read, bytes
-outside a frame are dropped, and a frame larger than
+outside a frame are dropped, a connection whose first byte is not <VT> (a
+bare message) is closed at once, and a frame larger than
 PACS_HL7_MAX_MESSAGE_BYTES closes the connection. Each message is parsed
 with python-hl7, logged raw, applied in one transaction and answered:
 
@@ -42,7 +43,7 @@ from dbserver.validation import revalidate_accession
 from dbserver.worklist import CANCELLED, COMPLETED, SCHEDULED, OrderFields, save_order, save_patient
 from services.db import run_in_transaction
 from services.dicom import is_valid_uid
-from services.mllp import CharsetError, FrameReader, FrameTooLarge, declared_charset, decode_message, escape, frame
+from services.mllp import VT, CharsetError, FrameReader, FrameTooLarge, declared_charset, decode_message, escape, frame
 from services.net import accept_loop
 from services.settings import Settings
 
@@ -521,6 +522,23 @@ def _parse_quietly(raw: str) -> hl7.Message | None:
 
 
 # --- the listener ---------------------------------------------------------------------------
+_SHOWN = 256  # bytes of an unframed connection written to the service log
+
+
+def _framed(data: bytes, remote: str) -> bool:
+    """Whether a connection's first bytes open an MLLP frame. A peer that
+    sends a bare message (no <VT>) would wait for an answer that never comes
+    while we wait for a frame that never starts, until the idle timeout: it
+    is told at once, by the connection closing, and the service log says
+    what it sent (the first bytes only)."""
+    if data[0] == VT:
+        return True
+    LOG.warning("HL7 connection from %s closed: its first byte is %r, not MLLP's start block 0x0B (an "
+                "unframed message?); it began %r%s", remote, data[:1], data[:_SHOWN],
+                "…" if len(data) > _SHOWN else "")
+    return False
+
+
 class Hl7Listener:
     def __init__(self, settings: Settings, sock: socket.socket | None = None) -> None:
         self.settings = settings
@@ -539,10 +557,14 @@ class Hl7Listener:
         reader = FrameReader(self.settings.hl7_max_message_bytes)
         conn.settimeout(self.settings.hl7_idle_seconds)
         try:
+            first = True
             while True:
                 data = conn.recv(65536)
                 if not data:
                     return
+                if first and not _framed(data, remote):
+                    return
+                first = False
                 for message in reader.feed(data):
                     ack, encoding = respond(message, self.settings, remote)
                     conn.sendall(frame(ack, encoding))

@@ -374,3 +374,24 @@ def test_orm_takes_the_study_uid_the_ris_assigned(ris_cluster: Cluster) -> None:
     assert orders(ris_cluster)["A900"]["study_instance_uid"] == "1.2.826.0.1.3680043.8.498.900"
     assert ack_code(send(ris_cluster, orm("ZDS-2", "NW", "A901"))) == "AA"
     assert orders(ris_cluster)["A901"]["study_instance_uid"].startswith("2.25.")  # none given: ours
+
+
+def test_an_unframed_message_closes_its_connection_at_once(ris_cluster: Cluster) -> None:
+    """A message sent without MLLP's <VT> would wait for an answer until the
+    idle timeout (300 s): its connection is closed at once, the service log
+    says what began it (not the megabyte that followed), and the listener
+    serves on."""
+    bare = adt("A08", "BARE-1", "P850", "BARE^BEN").encode() + b"NTE|1||" + b"y" * (1 << 20)
+    began = time.monotonic()
+    with _raw(ris_cluster) as s:
+        s.settimeout(10)
+        try:
+            s.sendall(bare)
+            closed = s.recv(100) == b""
+        except (ConnectionResetError, BrokenPipeError):
+            closed = True
+    assert closed and time.monotonic() - began < 5, "the connection is closed, not left to time out"
+    assert ("P850", "HOSP_A") not in patients(ris_cluster)
+    lines = [line for line in ris_cluster.log().splitlines() if "0x0B" in line and "BARE-1" in line]
+    assert len(lines) == 1 and len(lines[0]) < 1000, lines
+    assert ack_code(send(ris_cluster, adt("A08", "BARE-2", "P851", "STILL^SERVING"))) == "AA"
