@@ -4,17 +4,82 @@ back."""
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import base64
+import re
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import typer
 
-from admin._common import JsonOpt, fail as _fail, out, print_json as _print_json, ready as _ready
+from admin._common import JsonOpt, err, fail as _fail, out, print_json as _print_json, ready as _ready
 from admin._common import rows as _rows, settings_or_exit as _settings, study_or_fail as _study_or_fail
 
 ris_app = typer.Typer(help="What the HIS/RIS told us: domains, patients, orders, messages.", no_args_is_help=True)
 quarantine_app = typer.Typer(help="Studies whose demographics disagree with their order.", no_args_is_help=True)
 report_app = typer.Typer(help="Reports on studies (sent to the RIS as ORU^R01).", no_args_is_help=True)
 hl7_app = typer.Typer(help="HL7 messages to the RIS.", no_args_is_help=True)
+
+
+LIMIT = 100  # rows a listing shows unless told otherwise
+LimitOpt = Annotated[int, typer.Option(help="show at most this many (0: all); the output says when more matched")]
+
+
+def _bad(value: str, what: str) -> ValueError:
+    return ValueError(f"{value!r} is not {what}")
+
+
+_SPAN = re.compile(r"^(\d+)\s*([smhd])$")
+
+
+def _since(value: str) -> datetime:
+    """A moment: ``30m``, ``2h``, ``7d`` ago, or a date or time (ISO
+    ``2026-12-01``, ``2026-12-01T08:30``, or ``20261201[HHMM[SS]]``), in this
+    machine's local time unless it names a zone."""
+    text = value.strip()
+    span = _SPAN.match(text.lower())
+    if span:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[span.group(2)]
+        return datetime.now(timezone.utc) - timedelta(**{unit: int(span.group(1))})
+    when = None
+    for fmt in ("%Y%m%d%H%M%S", "%Y%m%d%H%M", "%Y%m%d"):
+        try:
+            when = datetime.strptime(text, fmt)
+            break
+        except ValueError:
+            continue
+    if when is None:
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            raise _bad(value, "a time: 30m, 2h, 7d, 2026-12-01, 2026-12-01T08:30 or 20261201") from None
+    return (when if when.tzinfo else when.astimezone()).astimezone(timezone.utc)
+
+
+def _limit(limit: int) -> int | None:
+    if limit < 0:
+        raise ValueError(f"--limit {limit}: give a number of rows, or 0 for all")
+    return limit or None
+
+
+def _page(session: Any, stmt: Any, limit: int | None) -> tuple[list[Any], int]:
+    """The first ``limit`` rows of ``stmt`` and how many matched in all."""
+    from sqlalchemy import func, select
+
+    rows = list(session.execute(stmt.limit(limit) if limit else stmt))
+    if limit is None or len(rows) < limit:
+        return rows, len(rows)
+    return rows, session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
+
+
+def _listing(rows: list[dict[str, Any]], total: int, columns: list[str], as_json: bool, what: str) -> None:
+    """The rows (a table, or JSON: a list, as before filters existed), and on
+    standard error how many more matched than shown."""
+    _rows(rows, columns, as_json)
+    if total > len(rows):
+        err.print(f"{len(rows)} of {total} {what} shown: narrow the filters, or --limit {total} (0: all)",
+                  markup=False, highlight=False)
 
 
 @ris_app.command("patients")
@@ -272,6 +337,146 @@ def ris_messages(
     _ready(settings)
     columns = ["at", "direction", "remote", "message_type", "message_control_id", "ack_code", "error"]
     _rows(list_messages(settings, limit, raw), columns + (["raw"] if raw else []), as_json)
+
+
+ACK_CODES = ("AA", "AE", "AR", "CA", "CE", "CR")
+_MESSAGE_TYPE = re.compile(r"^[A-Z0-9]{3}(\^[A-Z0-9]{3})?$")
+
+
+def _message_bytes(m: Any) -> bytes | None:
+    """The bytes of a logged message: as received; for one we sent, its
+    text in UTF-8 (what the sender framed); None for one received before
+    the log kept bytes (migration 0010)."""
+    if m.raw_bytes is not None:
+        return bytes(m.raw_bytes)
+    return m.raw.encode("utf-8") if m.direction == "out" else None
+
+
+def _message_row(m: Any) -> dict[str, Any]:
+    data = _message_bytes(m)
+    return {"id": m.id, "at": m.at.isoformat(), "direction": m.direction, "remote": m.remote,
+            "message_type": m.message_type, "message_control_id": m.message_control_id,
+            "sending_application": m.sending_application, "sending_facility": m.sending_facility,
+            "ack_code": m.ack_code, "error": m.error, "size": len(data) if data is not None else None,
+            "raw": m.raw, "raw_base64": base64.b64encode(data).decode("ascii") if data is not None else None}
+
+
+def _log_filters(message_type: str | None, ack: str | None, since: str | None) -> dict[str, Any]:
+    kind = message_type.strip().upper() if message_type is not None else None
+    if kind is not None and not _MESSAGE_TYPE.match(kind):
+        raise ValueError(f"--type {message_type!r}: give a message type (ADT) or type and event (ADT^A08)")
+    code = ack.strip().upper() if ack is not None else None
+    if code is not None and code not in ACK_CODES:
+        raise ValueError(f"--ack {ack!r}: give one of {', '.join(ACK_CODES)}")
+    return {"type": kind, "ack": code, "since": _since(since) if since is not None else None}
+
+
+def _log_page(settings: Any, filters: dict[str, Any], limit: int | None) -> tuple[list[dict[str, Any]], int]:
+    from sqlalchemy import select
+
+    from dbserver.models import Hl7Message
+    from services.db import unit_of_work
+
+    stmt = select(Hl7Message).order_by(Hl7Message.id.desc())
+    kind = filters.get("type")
+    if kind:
+        stmt = stmt.where(Hl7Message.message_type == kind if "^" in kind
+                          else Hl7Message.message_type.like(f"{kind}^%"))
+    if filters.get("ack"):
+        stmt = stmt.where(Hl7Message.ack_code == filters["ack"])
+    if filters.get("control_id") is not None:
+        stmt = stmt.where(Hl7Message.message_control_id == filters["control_id"])
+    if filters.get("since"):
+        stmt = stmt.where(Hl7Message.at >= filters["since"])
+    with unit_of_work(settings) as session:
+        found, total = _page(session, stmt, limit)
+        return [_message_row(row[0]) for row in found], total
+
+
+def _one_message(settings: Any, message_id: int) -> tuple[dict[str, Any], bytes | None]:
+    from dbserver.models import Hl7Message
+    from services.db import unit_of_work
+
+    with unit_of_work(settings) as session:
+        m = session.get(Hl7Message, message_id)
+        if m is None:
+            _fail(f"no message {message_id} in the HL7 log")
+        return _message_row(m), _message_bytes(m)
+
+
+def _write_bytes(row: dict[str, Any], data: bytes | None, output: Path | None) -> None:
+    if data is None:
+        _fail(f"message {row['id']} was logged before the log kept the bytes received: only its text is "
+              f"known (pacs ris log --id {row['id']} --json)")
+    if output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    try:
+        output.write_bytes(data)
+    except OSError as exc:
+        _fail(f"cannot write {output}: {exc.strerror or exc}")
+    err.print(f"message {row['id']}: {len(data)} bytes written to {output}", markup=False, highlight=False)
+
+
+def _show_message(row: dict[str, Any]) -> None:
+    answer = f"answered {row['ack_code']}" if row["ack_code"] else "not answered"
+    sys.stdout.write(
+        f"message {row['id']}  {row['direction']}  {row['at']}  {row['remote']}\n"
+        f"{row['message_type'] or '?'}  control ID {row['message_control_id'] or '?'}  "
+        f"from {row['sending_application'] or '?'}/{row['sending_facility'] or '?'}  {answer}"
+        f"{': ' + row['error'] if row['error'] else ''}\n"
+        f"{row['size'] if row['size'] is not None else '?'} bytes"
+        f"{'' if row['size'] is not None else ' (logged before the bytes were kept)'}\n\n"
+        + row["raw"].replace("\r", "\n").rstrip("\n") + "\n")
+
+
+@ris_app.command("log")
+def ris_log(
+    as_json: JsonOpt = False,
+    message_id: Annotated[Optional[int], typer.Option("--id", help="this message only (its id in the listing)")] = None,
+    raw: Annotated[bool, typer.Option(
+        "--raw", help="with --id: write the message's exact bytes, as received, to standard output")] = False,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="with --id: write the message's exact bytes to this file")] = None,
+    message_type: Annotated[Optional[str], typer.Option("--type", help="ADT, or ADT^A08")] = None,
+    ack: Annotated[Optional[str], typer.Option(help="answered AA, AE or AR (CA, CE, CR from a RIS)")] = None,
+    control_id: Annotated[Optional[str], typer.Option("--control-id", help="this message control ID (MSH-10)")] = None,
+    since: Annotated[Optional[str], typer.Option(
+        help="since 30m, 2h, 7d ago, or a local date or time (2026-12-01, 2026-12-01T08:30, 20261201)")] = None,
+    limit: LimitOpt = LIMIT,
+) -> None:
+    """The HL7 message log, newest first: every message in and out, with its ACK.
+
+    Each message is kept as decoded (its text) and as the exact bytes received
+    (the MLLP payload, without <VT> and <FS><CR>). --id N --raw (or --output FILE)
+    gives those bytes back unchanged, whatever their character set or NUL bytes.
+    In --json every message has "raw", the text as decoded (segments separated
+    by \\r, a NUL shown as \\x00), "raw_base64", the exact bytes in base64 (null
+    for a message logged before the bytes were kept), and "size" in bytes."""
+    settings = _settings()
+    try:
+        filters = {**_log_filters(message_type, ack, since), "control_id": control_id}
+        rows_limit = _limit(limit)
+        if (raw or output is not None) and message_id is None:
+            raise ValueError("--raw and --output write one message: say which with --id")
+        if raw and output is not None:
+            raise ValueError("--raw writes to standard output, --output to a file: give one")
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    _ready(settings)
+    if message_id is not None:
+        row, data = _one_message(settings, message_id)
+        if raw or output is not None:
+            _write_bytes(row, data, output)
+        elif as_json:
+            _print_json(row)
+        else:
+            _show_message(row)
+        return
+    rows, total = _log_page(settings, filters, rows_limit)
+    _listing(rows, total, ["id", "at", "direction", "remote", "message_type", "message_control_id", "ack_code",
+                           "error"], as_json, "messages")
 
 
 # --- reports ------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -331,7 +332,10 @@ class Hl7Message(Base):
     sending_facility: Mapped[str] = mapped_column(String(255), default="")
     ack_code: Mapped[str] = mapped_column(String(2), default="")  # AA | AE | AR
     error: Mapped[str] = mapped_column(Text, default="")
-    raw: Mapped[str] = mapped_column(Text, default="")
+    raw: Mapped[str] = mapped_column(Text, default="")  # the text as decoded (NUL shown as \x00)
+    # the bytes received, exactly (the MLLP payload, without its framing);
+    # NULL for messages we send and for those logged before migration 0010
+    raw_bytes: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
 
 class RisDomain(Base):

@@ -6,7 +6,8 @@ may arrive split over many reads, several may come in one read, bytes
 outside a frame are dropped, a connection whose first byte is not <VT> (a
 bare message) is closed at once, and a frame larger than
 PACS_HL7_MAX_MESSAGE_BYTES closes the connection. Each message is parsed
-with python-hl7, logged raw, applied in one transaction and answered:
+with python-hl7, logged raw (its text, and its bytes as they arrived),
+applied in one transaction and answered:
 
 * ``AA`` when applied;
 * ``AE`` with an ERR segment when it cannot be (a missing PID-3, an
@@ -25,6 +26,8 @@ ID in two RIS domains is two patients.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import re
 import socket
@@ -351,13 +354,18 @@ HANDLERS = {
 
 
 # --- one message in, one ACK out ----------------------------------------------------------
-def _log(session: Session, raw: str, remote: str, msg: hl7.Message | None, ack: str, error: str) -> None:
+def _log(session: Session, raw: str, remote: str, msg: hl7.Message | None, ack: str, error: str,
+         data: bytes | None) -> None:
+    """One row of the message log: the text as read (for reading and
+    searching) and ``data``, the bytes as they arrived (the MLLP payload),
+    which a character set misread or a NUL would otherwise lose."""
+
     def head(field: int, limit: int, component: int = 1) -> str:
         return _field(msg, "MSH", field, component)[:limit].replace("\x00", "") if msg is not None else ""
 
     session.add(Hl7Message(
         at=utcnow(), direction="in", remote=remote[:255], ack_code=ack,
-        raw=raw.replace("\x00", "\\x00"),  # PostgreSQL text holds no NUL
+        raw=raw.replace("\x00", "\\x00"), raw_bytes=data,  # PostgreSQL text holds no NUL, bytea does
         error=error.replace("\x00", "")[:2000],
         message_type=f"{head(9, 15)}^{head(9, 15, 2)}" if msg is not None else "",
         message_control_id=head(10, 64), sending_application=head(3, 255), sending_facility=head(4, 255)))
@@ -469,7 +477,7 @@ def respond(raw_bytes: bytes, settings: Settings, remote: str = "") -> tuple[str
 
         def work(session: Session) -> str:
             what = handler(session, parsed, domain_issuer(session, facility), settings)
-            _log(session, raw, remote, parsed, "AA", "")
+            _log(session, raw, remote, parsed, "AA", "", raw_bytes)
             return what
 
         what = run_in_transaction(work, settings)
@@ -496,19 +504,30 @@ def respond(raw_bytes: bytes, settings: Settings, remote: str = "") -> tuple[str
         text = f"internal error: {exc.__class__.__name__}: {exc}"
         code, error = "AE", Hl7Error(f"internal error: {exc.__class__.__name__}", "", "207")
     LOG.warning("HL7 message from %s answered %s: %s", remote, code, text)
-    log_rejected(settings, raw, remote, msg, code, text)
+    log_rejected(settings, raw, remote, msg, code, text, raw_bytes)
     return _ack(msg, code, text, error, charset=charset), encoding
 
 
+_SERVICE_LOG_BYTES = 64 * 1024  # of a message the message log could not take
+
+
 def log_rejected(settings: Settings, raw: str, remote: str, msg: hl7.Message | None, code: str,
-                 text: str) -> None:
+                 text: str, data: bytes | None = None) -> None:
     """Write a message that was not applied to the message log; when even
-    that fails (the index unreachable), the service log has it."""
+    that fails (the index unreachable), the service log has it: who sent
+    what (MSH-9, MSH-10), its size and SHA-256, its text to read, and its
+    bytes in base64 to get back exactly (the first 64 KB)."""
     try:
-        run_in_transaction(lambda s: _log(s, raw, remote, msg, code, text), settings)
+        run_in_transaction(lambda s: _log(s, raw, remote, msg, code, text, data), settings)
     except SQLAlchemyError as exc:
-        LOG.error("HL7 message from %s (answered %s) not logged: %s; message: %r", remote, code, exc,
-                  raw[:4000])
+        data = raw.encode("utf-8", errors="replace") if data is None else data
+        kind = f"{_field(msg, 'MSH', 9, 1)}^{_field(msg, 'MSH', 9, 2)}" if msg is not None else "?"
+        control = _field(msg, "MSH", 10) if msg is not None else "?"
+        cut = f", first {_SERVICE_LOG_BYTES} shown" if len(data) > _SERVICE_LOG_BYTES else ""
+        LOG.error("HL7 message %s %s from %s (answered %s) not logged: %s; %d bytes, sha256 %s%s; text: %r; "
+                  "bytes (base64): %s", kind, control, remote, code or "nothing", exc, len(data),
+                  hashlib.sha256(data).hexdigest(), cut, raw[:4000],
+                  base64.b64encode(data[:_SERVICE_LOG_BYTES]).decode("ascii"))
 
 
 def _parse_quietly(raw: str) -> hl7.Message | None:
@@ -570,10 +589,12 @@ class Hl7Listener:
                     conn.sendall(frame(ack, encoding))
         except FrameTooLarge as exc:
             LOG.warning("HL7 connection from %s closed: %s", remote, exc)
-            start = bytes(reader.buf[1:1 + 65536]).decode("latin-1")
+            head = bytes(reader.buf[1:1 + 65536])  # its first 64 KB, as they arrived
+            start = head.decode("latin-1")
             header = start.replace("\n", "\r").split("\r", 1)[0]
             log_rejected(self.settings, start + "\r[… cut: the message is longer than that]", remote,
-                         _parse_quietly(header), "", f"{exc}: not read, connection closed")
+                         _parse_quietly(header), "", f"{exc}: not read, connection closed (its first "
+                         f"{len(head)} bytes kept)", head)
         except (TimeoutError, OSError) as exc:
             LOG.info("HL7 connection from %s ended: %s", remote, exc)
         except Exception:  # noqa: BLE001 - one bad connection never stops the listener

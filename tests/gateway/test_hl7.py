@@ -4,7 +4,10 @@ errors answered AE/AR without applying anything, framing edge cases."""
 
 from __future__ import annotations
 
+import base64
 import socket
+import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from collections.abc import Iterator
@@ -237,11 +240,15 @@ def test_the_index_unreachable_is_answered_ar(tmp_path, caplog: pytest.LogCaptur
     not dropped with its connection, and the service log keeps it."""
     settings = load_settings(data_dir=tmp_path,
                              database_url="postgresql+psycopg://postgres@127.0.0.1:1/nowhere?connect_timeout=2")
-    ack, _ = respond(adt("A08", "DOWN-1", "P900", "DOWN^DAN").encode(), settings, "127.0.0.1:9")
+    data = _with_charset(adt("A08", "DOWN-1", "P900", "MÜLLER^DAN"), "8859/1").encode("iso8859_1")
+    ack, _ = respond(data, settings, "127.0.0.1:9")
     parsed = hl7.parse(ack)
     assert ack_code(parsed) == "AR" and str(parsed.segment("MSA")[2]) == "DOWN-1"
     assert str(parsed.segment("ERR")[3]).startswith("207^") and "unreachable" in ack
-    assert any("not logged" in r.message and "DOWN-1" in r.message for r in caplog.records)
+    (record,) = [r.getMessage() for r in caplog.records if "not logged" in r.getMessage()]
+    assert "ADT^A08 DOWN-1 from 127.0.0.1:9" in record and f"{len(data)} bytes" in record
+    # the exact bytes, to send again by hand
+    assert base64.b64decode(record.split("bytes (base64): ", 1)[1]) == data
 
 
 def _raw(c: Cluster) -> socket.socket:
@@ -301,6 +308,9 @@ def test_no_msh_and_oversized_messages(ris_cluster: Cluster) -> None:
     assert closed, "an oversized message closes its connection"
     assert ("P600", "HOSP_A") not in patients(ris_cluster)
     assert ("BIG", "ADT^A08", "") in set(log_rows(ris_cluster)), "the oversized message is in the log"
+    (kept,) = ris_cluster.sql("SELECT raw_bytes FROM hl7_messages WHERE message_control_id = 'BIG'")
+    assert bytes(kept[0]) == adt("A08", "BIG", "P600", "BIG^BEN").encode() + b"NTE|1||" + b"x" * (
+        65536 - len(adt("A08", "BIG", "P600", "BIG^BEN")) - 7), "its first 64 KB, as they arrived"
     assert ack_code(send(ris_cluster, adt("A08", "AFTER", "P601", "STILL^SERVING"))) == "AA"
 
 
@@ -374,6 +384,35 @@ def test_orm_takes_the_study_uid_the_ris_assigned(ris_cluster: Cluster) -> None:
     assert orders(ris_cluster)["A900"]["study_instance_uid"] == "1.2.826.0.1.3680043.8.498.900"
     assert ack_code(send(ris_cluster, orm("ZDS-2", "NW", "A901"))) == "AA"
     assert orders(ris_cluster)["A901"]["study_instance_uid"].startswith("2.25.")  # none given: ours
+
+
+def _pacs_bytes(c: Cluster, *args: str) -> subprocess.CompletedProcess:
+    """``pacs`` with its standard output as bytes."""
+    return subprocess.run([sys.executable, "-m", "admin.cli", *args], env=c.env, capture_output=True, timeout=120)
+
+
+@pytest.mark.parametrize(("control", "message", "code"), [
+    ("RAW-1", _with_charset(adt("A08", "RAW-1", "P800", "MÜLLER^JÖRG"), "8859/1").encode("iso8859_1"), "AA"),
+    ("RAW-2", adt("A08", "RAW-2", "P801", "FRANÇOIS^AIMÉE").encode("iso8859_1"), "AA"),  # no MSH-18
+    ("RAW-3", adt("A08", "RAW-3", "P802", "NUL\x00^NED").encode(), "AR"),
+    ("RAW-4", adt("A08", "RAW-4", "P803", "CRLF^CARL").replace("\r", "\r\n").encode(), "AA"),
+    ("RAW-5", _with_charset(adt("A08", "RAW-5", "P804", "MÜLLER^MIA"), "UNICODE UTF-8").encode("iso8859_1"),
+     "AR"),  # bytes that are not in the set MSH-18 names
+])
+def test_the_log_gives_back_the_bytes_received(ris_cluster: Cluster, tmp_path, control: str,  # noqa: ANN001
+                                               message: bytes, code: str) -> None:
+    """A message in ISO 8859-1, with a NUL byte or CR LF line ends comes
+    back from ``pacs ris log`` exactly as it was sent, applied or not."""
+    assert f"MSA|{code}|{control}".encode() in _send_bytes(ris_cluster, message)
+    (row,) = ris_cluster.pacs_json("ris", "log", "--control-id", control)
+    assert (row["ack_code"], row["size"]) == (code, len(message))
+    assert base64.b64decode(row["raw_base64"]) == message
+    raw = _pacs_bytes(ris_cluster, "ris", "log", "--id", str(row["id"]), "--raw")
+    assert raw.returncode == 0 and raw.stdout == message
+    out = tmp_path / "message.hl7"
+    written = _pacs_bytes(ris_cluster, "ris", "log", "--id", str(row["id"]), "--output", str(out))
+    assert written.returncode == 0 and out.read_bytes() == message
+    assert ris_cluster.pacs_json("ris", "log", "--id", str(row["id"]))["raw_base64"] == row["raw_base64"]
 
 
 def test_an_unframed_message_closes_its_connection_at_once(ris_cluster: Cluster) -> None:
