@@ -30,6 +30,35 @@ def _bad(value: str, what: str) -> ValueError:
     return ValueError(f"{value!r} is not {what}")
 
 
+def _like(pattern: str) -> str:
+    """A DICOM wildcard (``*`` any run, ``?`` one character) as a LIKE
+    pattern, with LIKE's own ``%``, ``_`` and the escape taken literally."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
+
+
+def _date_range(value: str) -> tuple[datetime | None, datetime | None]:
+    """``YYYYMMDD``, ``YYYYMMDD-YYYYMMDD``, ``YYYYMMDD-`` or ``-YYYYMMDD``
+    (DICOM range matching) as [start, end) on a scheduled start, which is
+    the site's wall-clock time labelled UTC."""
+    low, dash, high = value.strip().partition("-")
+    try:
+        if any(part and not re.fullmatch(r"\d{8}", part) for part in (low, high)):
+            raise ValueError(value)
+        start = datetime.strptime(low, "%Y%m%d").replace(tzinfo=timezone.utc) if low else None
+        last = datetime.strptime(high, "%Y%m%d").replace(tzinfo=timezone.utc) if high else None
+    except ValueError:
+        raise _bad(value, "a date YYYYMMDD or a range YYYYMMDD-YYYYMMDD") from None
+    if not dash:
+        last = start
+    if start is None and last is None:
+        raise _bad(value, "a date YYYYMMDD or a range YYYYMMDD-YYYYMMDD")
+    end = last + timedelta(days=1) if last else None
+    if start and end and start >= end:
+        raise ValueError(f"the range {value!r} ends before it starts")
+    return start, end
+
+
 _SPAN = re.compile(r"^(\d+)\s*([smhd])$")
 
 
@@ -82,28 +111,122 @@ def _listing(rows: list[dict[str, Any]], total: int, columns: list[str], as_json
                   markup=False, highlight=False)
 
 
-@ris_app.command("patients")
-def ris_patients(as_json: JsonOpt = False) -> None:
-    """Patients, from orders and from received studies."""
-    from dbserver.worklist import list_patients
+def _patients_page(settings: Any, patient_id: str | None, issuer: str | None, name: str | None,
+                   limit: int | None) -> tuple[list[dict[str, Any]], int]:
+    from sqlalchemy import func, select
 
+    from dbserver.models import Patient, PatientPriorId
+    from services.db import unit_of_work
+
+    stmt = select(Patient).order_by(Patient.patient_name, Patient.id)
+    if patient_id is not None:
+        stmt = stmt.where(Patient.patient_id == patient_id)
+    if issuer is not None:
+        stmt = stmt.where(Patient.issuer_of_patient_id == issuer)
+    if name is not None:
+        stmt = stmt.where(func.lower(Patient.patient_name).like(_like(name.lower()), escape="\\"))
+    with unit_of_work(settings) as session:
+        found, total = _page(session, stmt, limit)
+        patients = [row[0] for row in found]
+        prior: dict[int, list[dict[str, str]]] = {}
+        ids = [p.id for p in patients]
+        for row in session.scalars(select(PatientPriorId).where(PatientPriorId.patient_fk.in_(ids))
+                                   .order_by(PatientPriorId.id)) if ids else []:
+            prior.setdefault(row.patient_fk, []).append({
+                "patient_id": row.patient_id, "issuer_of_patient_id": row.issuer_of_patient_id,
+                "event": row.event})
+        return [{"patient_id": p.patient_id, "issuer_of_patient_id": p.issuer_of_patient_id,
+                 "patient_name": p.patient_name, "patient_birth_date": p.patient_birth_date,
+                 "patient_sex": p.patient_sex, "from_ris": p.ris_updated_at is not None,
+                 "prior_ids": prior.get(p.id, [])} for p in patients], total
+
+
+@ris_app.command("patients")
+def ris_patients(
+    as_json: JsonOpt = False,
+    patient_id: Annotated[Optional[str], typer.Option("--id", help="this Patient ID (exactly)")] = None,
+    issuer: Annotated[Optional[str], typer.Option(help="of this issuer (assigning authority; '' for none)")] = None,
+    name: Annotated[Optional[str], typer.Option(
+        help="Patient Name as DICOM matches it: * any run, ? one character, any case (DOE^J*)")] = None,
+    limit: LimitOpt = LIMIT,
+) -> None:
+    """Patients, from orders and from received studies, by name, with the
+    identifiers they had before (merged, changed)."""
     settings = _settings()
+    try:
+        rows_limit = _limit(limit)
+    except ValueError as exc:
+        _fail(str(exc), 2)
     _ready(settings)
-    _rows(list_patients(settings), ["patient_id", "issuer_of_patient_id", "patient_name", "patient_birth_date",
-                                    "patient_sex"], as_json)
+    rows, total = _patients_page(settings, patient_id, issuer, name, rows_limit)
+    _listing(rows, total, ["patient_id", "issuer_of_patient_id", "patient_name", "patient_birth_date",
+                           "patient_sex"], as_json, "patients")
+
+
+ORDER_STATES = ("scheduled", "cancelled", "completed")
+
+
+def _orders_page(settings: Any, filters: dict[str, Any], limit: int | None) -> tuple[list[dict[str, Any]], int]:
+    from sqlalchemy import select
+
+    from dbserver.models import Order, Patient
+    from services.db import unit_of_work
+
+    stmt = select(Order, Patient).join(Patient, Order.patient_fk == Patient.id).order_by(
+        Order.scheduled_start, Order.id)
+    for column, key in ((Order.accession_number, "accession"), (Patient.patient_id, "patient_id"),
+                        (Order.status, "status"), (Order.modality, "modality"),
+                        (Order.scheduled_station_ae_title, "station")):
+        if filters.get(key) is not None:
+            stmt = stmt.where(column == filters[key])
+    start, end = filters.get("date") or (None, None)
+    if start:
+        stmt = stmt.where(Order.scheduled_start >= start)
+    if end:
+        stmt = stmt.where(Order.scheduled_start < end)
+    with unit_of_work(settings) as session:
+        found, total = _page(session, stmt, limit)
+        return [{
+            "accession_number": o.accession_number, "issuer_of_accession_number": o.issuer_of_accession_number,
+            "patient_id": p.patient_id, "issuer_of_patient_id": p.issuer_of_patient_id,
+            "patient_name": p.patient_name, "study_instance_uid": o.study_instance_uid,
+            "requested_procedure_id": o.requested_procedure_id,
+            "requested_procedure_description": o.requested_procedure_description,
+            "procedure_code_value": o.procedure_code_value, "procedure_coding_scheme": o.procedure_coding_scheme,
+            "modality": o.modality, "scheduled_station_ae_title": o.scheduled_station_ae_title,
+            # the site's wall-clock time, as the worklist serves it
+            "scheduled_start": o.scheduled_start.replace(tzinfo=None).isoformat() if o.scheduled_start else None,
+            "status": o.status, "source": o.source,
+        } for o, p in found], total
 
 
 @ris_app.command("orders")
-def ris_orders(as_json: JsonOpt = False,
-               status: Annotated[Optional[str], typer.Option(help="scheduled, cancelled or completed")] = None,
-               ) -> None:
-    """Orders (the modality worklist is made of the scheduled ones)."""
-    from dbserver.worklist import list_orders
-
+def ris_orders(
+    as_json: JsonOpt = False,
+    status: Annotated[Optional[str], typer.Option(help="scheduled, cancelled or completed")] = None,
+    accession: Annotated[Optional[str], typer.Option(help="this accession number")] = None,
+    patient_id: Annotated[Optional[str], typer.Option("--patient-id", help="of this Patient ID")] = None,
+    modality: Annotated[Optional[str], typer.Option(help="this modality (CT, MR…)")] = None,
+    station: Annotated[Optional[str], typer.Option(help="for this scheduled station AE title")] = None,
+    date: Annotated[Optional[str], typer.Option(
+        help="scheduled start on YYYYMMDD, or in YYYYMMDD-YYYYMMDD (either end may be left open)")] = None,
+    limit: LimitOpt = LIMIT,
+) -> None:
+    """Orders, soonest first (the modality worklist is made of the scheduled ones)."""
     settings = _settings()
+    try:
+        if status is not None and status.lower() not in ORDER_STATES:
+            raise ValueError(f"--status {status!r}: give one of {', '.join(ORDER_STATES)}")
+        filters = {"status": status.lower() if status else None, "accession": accession, "patient_id": patient_id,
+                   "modality": modality.upper() if modality else modality, "station": station,
+                   "date": _date_range(date) if date is not None else None}
+        rows_limit = _limit(limit)
+    except ValueError as exc:
+        _fail(str(exc), 2)
     _ready(settings)
-    _rows(list_orders(settings, status), ["accession_number", "patient_id", "patient_name", "modality",
-                                          "scheduled_station_ae_title", "scheduled_start", "status"], as_json)
+    rows, total = _orders_page(settings, filters, rows_limit)
+    _listing(rows, total, ["accession_number", "patient_id", "patient_name", "modality",
+                           "scheduled_station_ae_title", "scheduled_start", "status"], as_json, "orders")
 
 
 def _actor() -> str:

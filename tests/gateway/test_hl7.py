@@ -36,11 +36,11 @@ def ris_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def patients(c: Cluster) -> dict[tuple[str, str], dict]:
-    return {(p["patient_id"], p["issuer_of_patient_id"]): p for p in c.pacs_json("ris", "patients")}
+    return {(p["patient_id"], p["issuer_of_patient_id"]): p for p in c.pacs_json("ris", "patients", "--limit", "0")}
 
 
 def orders(c: Cluster) -> dict[str, dict]:
-    return {o["accession_number"]: o for o in c.pacs_json("ris", "orders")}
+    return {o["accession_number"]: o for o in c.pacs_json("ris", "orders", "--limit", "0")}
 
 
 def log_rows(c: Cluster) -> list[tuple[str, str, str]]:
