@@ -40,8 +40,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from dbserver.models import Hl7Message, Order, RisDomain, utcnow
-from dbserver.patients import PatientIdentityError, change_patient_id, merge_patients
+from dbserver.models import Change, Hl7Message, Order, Patient, PatientPriorId, RisDomain, utcnow
+from dbserver.patients import (
+    PatientIdentityError,
+    change_patient_id,
+    find_named_patient,
+    find_patient,
+    merge_patients,
+)
 from dbserver.validation import revalidate_accession
 from dbserver.worklist import CANCELLED, COMPLETED, SCHEDULED, OrderFields, save_order, save_patient
 from services.db import run_in_transaction
@@ -202,10 +208,11 @@ def _repetitions(msg: hl7.Message, segment: str, field: int) -> int:
     return len(value) if isinstance(value, hl7.Field) and value and isinstance(value[0], hl7.Repetition) else 1
 
 
-def _identifier(msg: hl7.Message, segment: str, field: int, issuer: str) -> tuple[str, str]:
+def _named_identifier(msg: hl7.Message, segment: str, field: int, issuer: str) -> tuple[str, str]:
     """The patient identifier (CX) of a PID-3 or MRG-1 that may list several
     (MRN~national ID~…): the one whose assigning authority (CX.4) is the
-    domain's, else the first of type MR (CX.5), else the first."""
+    domain's, else the first of type MR (CX.5), else the first; with the
+    authority it names ('' for none)."""
     found = [(_field(msg, segment, field, 1, n), _field(msg, segment, field, 4, n),
               _field(msg, segment, field, 5, n).upper())
              for n in range(1, max(1, _repetitions(msg, segment, field)) + 1)]
@@ -214,7 +221,14 @@ def _identifier(msg: hl7.Message, segment: str, field: int, issuer: str) -> tupl
         return "", ""
     chosen = next((f for f in found if issuer and f[1] == issuer), None) or next(
         (f for f in found if f[2] == "MR"), found[0])
-    return chosen[0], chosen[1] or issuer
+    return chosen[0], chosen[1]
+
+
+def _identifier(msg: hl7.Message, segment: str, field: int, issuer: str) -> tuple[str, str]:
+    """The identifier :func:`_named_identifier` chooses, in the authority it
+    names, else in the domain's (``issuer``)."""
+    value, authority = _named_identifier(msg, segment, field, issuer)
+    return value, authority or (issuer if value else "")
 
 
 def _patient_fields(msg: hl7.Message, issuer: str) -> dict[str, str]:
@@ -266,16 +280,52 @@ def apply_merge(session: Session, msg: hl7.Message, issuer: str, settings: Setti
 
 
 def apply_change_id(session: Session, msg: hl7.Message, issuer: str, settings: Settings) -> str:
-    """ADT^A47: the patient of MRG-1 is known as PID-3 from now on."""
+    """ADT^A47: the patient of MRG-1 is known as PID-3 from now on. The new
+    identifier is in the assigning authority PID-3.4 names (a RIS that
+    corrects the authority moves the patient to it), else in MRG-1's. It
+    must be free there: an identifier that exists is a merge (ADT^A40),
+    refused AE 205. Studies and orders point at the patient, so they follow;
+    the identifier that goes away stays a prior one, which later images
+    that still carry it are matched on."""
     fields = _patient_fields(msg, issuer)
     prior_id, prior_issuer = _prior(msg, issuer)
-    try:
-        change_patient_id(session, prior_id, prior_issuer, fields["patient_id"], _field(msg, "MSH", 10))
-    except PatientIdentityError as exc:
-        raise Hl7Error(str(exc), "MRG^1^1" if "MRG" in str(exc) else "PID^1^3", "204") from None
-    fields["issuer_of_patient_id"] = prior_issuer
+    new_id = fields["patient_id"]
+    new_issuer = _named_identifier(msg, "PID", 3, issuer)[1] or prior_issuer
+    fields["issuer_of_patient_id"] = new_issuer
+    patient = find_named_patient(session, prior_id, prior_issuer)
+    if patient is None:
+        raise Hl7Error(f"MRG-1: no patient {prior_id} ({prior_issuer}) to change", "MRG^1^1", "204")
+    taken = find_patient(session, new_id, new_issuer)
+    if taken is not None and taken.id != patient.id:
+        raise Hl7Error(f"PID-3: patient {new_id} ({new_issuer}) exists already; merging is ADT^A40",
+                       "PID^1^3", "205")
+    control = _field(msg, "MSH", 10)
+    if new_issuer == prior_issuer:
+        try:
+            change_patient_id(session, prior_id, prior_issuer, new_id, control)
+        except PatientIdentityError as exc:
+            raise Hl7Error(str(exc), "MRG^1^1" if "MRG" in str(exc) else "PID^1^3", "204") from None
+    else:
+        _move_to_authority(session, patient, new_id, new_issuer, control)
     save_patient(session, **fields)
-    return f"patient {prior_id} is now {fields['patient_id']}"
+    return f"patient {prior_id} ({prior_issuer}) is now {new_id} ({new_issuer})"
+
+
+def _move_to_authority(session: Session, patient: Patient, new_id: str, new_issuer: str, control: str) -> None:
+    """An A47 into another assigning authority. dbserver.patients'
+    change_patient_id keeps a patient in the authority it is looked up in
+    (and checks the new identifier there), so the move is made here and
+    kept the same way: the identifier that goes away as a prior one, an
+    entry in the change log."""
+    now = utcnow()
+    session.add(PatientPriorId(patient_fk=patient.id, patient_id=patient.patient_id,
+                               issuer_of_patient_id=patient.issuer_of_patient_id, event="A47",
+                               message_control_id=control, replaced_at=now))
+    patient.patient_id, patient.issuer_of_patient_id = new_id, new_issuer
+    patient.updated_at = patient.ris_updated_at = now
+    session.add(Change(change_type="patient-a47", resource_type="patient", resource_uid=new_id[:64],
+                       created_at=now))
+    session.flush()
 
 
 _STATUS = {"NW": SCHEDULED, "XO": SCHEDULED, "CA": CANCELLED, "OC": CANCELLED, "DC": CANCELLED}

@@ -22,7 +22,7 @@ from pynetdicom.sop_class import ModalityWorklistInformationFind
 from gateway.hl7 import FrameReader, respond
 from services.settings import load_settings
 from tests.cluster import Cluster, need_backends
-from tests.ris import CR, FS, VT, ack_code, adt, msh, orm, send
+from tests.ris import CR, FS, VT, ack_code, adt, export_one, msh, order, orm, send, send_study
 
 
 @pytest.fixture(scope="module")
@@ -434,3 +434,54 @@ def test_an_unframed_message_closes_its_connection_at_once(ris_cluster: Cluster)
     lines = [line for line in ris_cluster.log().splitlines() if "0x0B" in line and "BARE-1" in line]
     assert len(lines) == 1 and len(lines[0]) < 1000, lines
     assert ack_code(send(ris_cluster, adt("A08", "BARE-2", "P851", "STILL^SERVING"))) == "AA"
+
+
+def test_a47_takes_the_assigning_authority_pid3_names(ris_cluster: Cluster, tmp_path) -> None:  # noqa: ANN001
+    """ADT^A47 with PID-3.4: the patient moves to that authority, with its
+    stored study and its order (export and worklist C-FIND give the new
+    identifier); an identifier taken there, or one DICOM cannot carry, is
+    refused AE and changes nothing."""
+    c = ris_cluster
+    order(c, "CHG-1", "CH1", "MOVE^MIA", "19750505", "F")
+    uid = send_study(c, tmp_path / "s", "CHG-1", "CH1", "MOVE^MIA", "19750505", "F")
+    c.wait_indexed(1)
+    # another patient, CH5 of CITY: its identifier is no obstacle to CH5 in another authority (below)
+    assert ack_code(send(c, adt("A01", "CHG-A01", "CH5", "OTHER^OTTO", authority="CITY"))) == "AA"
+
+    ack = send(c, adt("A47", "CHG-A47", "CH2", "MOVE^MIA", "19750505", "F", authority="CITY", prior="CH1"))
+    assert ack_code(ack) == "AA", str(ack)
+    found = patients(c)
+    assert ("CH1", "HOSP_A") not in found and ("CH2", "HOSP_A") not in found
+    assert found[("CH2", "CITY")]["prior_ids"] == [
+        {"patient_id": "CH1", "issuer_of_patient_id": "HOSP_A", "event": "A47"}]
+    shown = c.pacs_json("study", "show", uid)
+    assert (shown["patient_id"], shown["issuer_of_patient_id"]) == ("CH2", "CITY")
+    ds = export_one(c, uid, tmp_path / "exp")
+    assert ds.PatientID == "CH2"
+    assert ds.OriginalAttributesSequence[-1].ModifiedAttributesSequence[0].PatientID == "CH1"
+    keys = {"PatientID": "", "IssuerOfPatientID": "", "AccessionNumber": "CHG-1"}
+    answers = worklist(c, "CT01", keys, {"ScheduledStationAETitle": ""})
+    assert [(a.PatientID, a.IssuerOfPatientID) for a in answers] == [("CH2", "CITY")]
+    assert worklist(c, "CT01", {**keys, "PatientID": "CH1"}, {"ScheduledStationAETitle": ""}) == []
+
+    before = patients(c)
+    refused = [
+        (adt("A47", "CHG-BAD-1", "CH5", "MOVE^MIA", authority="CITY", prior="CH2^^^CITY"), "PID^1^3", "205",
+         "exists already"),
+        (adt("A47", "CHG-BAD-2", "CH6", "MOVE^MIA", authority="A" * 65, prior="CH2^^^CITY"), "PID^1^3", "102",
+         "longer than 64"),
+        (adt("A47", "CHG-BAD-3", "CH6", "MOVE^MIA", authority="BAD\\E\\ONE", prior="CH2^^^CITY"), "PID^1^3",
+         "102", "backslash"),
+    ]
+    for message, where, err3, says in refused:
+        ack = send(c, message)
+        assert ack_code(ack) == "AE" and says in str(ack), str(ack)
+        assert (str(ack.segment("ERR")[2]), str(ack.segment("ERR")[3]).split("^")[0]) == (where, err3)
+    assert patients(c) == before, "a refused change changes nothing"
+
+    # back into the sending facility's domain, by a second A47 naming CITY in MRG-1
+    ack = send(c, adt("A47", "CHG-A47b", "CH5", "MOVE^MIA", authority="HOSP_A", prior="CH2^^^CITY"))
+    assert ack_code(ack) == "AA", str(ack)
+    assert c.pacs_json("study", "show", uid)["patient_id"] == "CH5"
+    assert patients(c)[("CH5", "CITY")]["patient_name"] == "OTHER^OTTO", "the other CH5 is untouched"
+    assert export_one(c, uid, tmp_path / "exp2").PatientID == "CH5"
