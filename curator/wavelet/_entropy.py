@@ -244,6 +244,21 @@ def _dec_renorm(ac, nac, rng, code, apos):
 
 
 @nb.njit(inline="always")
+def _raw_fill(raw, nraw, racc, rbits, rpos):
+    """Top the raw-bit buffer ``racc`` (``rbits`` bits, most significant
+    first) up to 49..56 bits, zeros past the end of ``raw``; the bits read
+    are ``8 * rpos - rbits``."""
+    while rbits <= 48:
+        b = 0
+        if rpos < nraw:
+            b = raw[rpos]
+        rpos += 1
+        racc = (racc << 8) | b
+        rbits += 8
+    return racc, rbits, rpos
+
+
+@nb.njit(inline="always")
 def _adapt_lanes(c, m, r, lane, rnd):
     """Four lanes of an estimate after a symbol: lanes in ``m`` move up by
     (CDF_MAX - c) >> r, the others down by ceil(c / 2**r), as :func:`_adapt`."""
@@ -257,7 +272,9 @@ def _dec_sym_packed(pk, cnt, ctx, mant, ac, nac, rng, code, apos):
     """Decode a symbol with packed table ``ctx`` (see above), update the
     table as :func:`_adapt` does; return (symbol, range, code, pos)."""
     rr = rng >> CDF_BITS
-    q = np.uint64(min(np.uint32(code) // np.uint32(rr), 0x7FFF))  # code >= rr * b  <=>  q >= b
+    # code >= rr * b  <=>  q >= b; a 32-bit division, and the min in integers
+    # (numba would take the min of a uint32 and an int in floating point)
+    q = np.uint64(min(np.int64(np.uint32(code) // np.uint32(rr)), 0x7FFF))
     qw = (q * _ONES) | _HIGH
     passed = np.uint64(0)
     for k in range(4):  # lanes whose bound q reaches: bit 15 of (q | 0x8000) - b
@@ -590,12 +607,7 @@ def _decode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
                 # unary extension: ones until a zero
                 while True:
                     if rbits == 0:
-                        b = 0
-                        if rpos < nraw:
-                            b = raw[rpos]
-                        rpos += 1
-                        racc = b
-                        rbits = 8
+                        racc, rbits, rpos = _raw_fill(raw, nraw, racc, rbits, rpos)
                     rbits -= 1
                     bit = (racc >> rbits) & 1
                     racc &= (np.int64(1) << rbits) - 1
@@ -627,27 +639,16 @@ def _decode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
                     bad = True
                     break
                 mag |= np.int64(s) << nr
-            if nr > 0:
-                while rbits < nr:
-                    b = 0
-                    if rpos < nraw:
-                        b = raw[rpos]
-                    rpos += 1
-                    racc = (racc << 8) | b
-                    rbits += 8
-                rbits -= nr
-                mag |= racc >> rbits
-                racc &= (np.int64(1) << rbits) - 1
+            # the bits below the class (nr <= 30, none for a zero), without a
+            # branch on nr: the buffer holds 32 bits or more
+            if rbits < 32:
+                racc, rbits, rpos = _raw_fill(raw, nraw, racc, rbits, rpos)
+            rbits -= nr
+            mag |= racc >> rbits
+            racc &= (np.int64(1) << rbits) - 1
             v = mag
             if mag != 0:
-                if predict:
-                    if rbits == 0:
-                        b = 0
-                        if rpos < nraw:
-                            b = raw[rpos]
-                        rpos += 1
-                        racc = b
-                        rbits = 8
+                if predict:  # one bit, left in the buffer by the fill above
                     rbits -= 1
                     if (racc >> rbits) & 1:
                         v = -mag
@@ -676,7 +677,7 @@ def _decode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
     st[_RACC] = racc
     st[_RBITS] = rbits
     st[_RPOS] = rpos
-    return bad or apos > nac + 4 or rpos > nraw
+    return bad or apos > nac + 4 or 8 * rpos - rbits > 8 * nraw
 
 
 # The band coders are compiled twice, with mantissa mode a constant, so
