@@ -327,6 +327,21 @@ def decode(data, level: int = 0) -> np.ndarray:
     if len(data) < hdr.level_end(level):
         raise TruncatedError(f"{len(data)} bytes: level {level} needs the first {hdr.level_end(level)} bytes")
     coefs, tables = _decode_planes(data, hdr, level)
+    lo, hi = _range(hdr.bits_stored, hdr.signed)
+    if not hdr.lossy and hdr.frames == 1 and hdr.samples == 1:
+        # one plane (most images): inverse transform, value table, range
+        # check and conversion to the output dtype in one pass
+        ll, details = coefs[0][0]
+        plane = lift.inverse(ll, details, level)
+        out = np.empty(plane.shape, np.dtype(hdr.dtype))
+        err = _values.to_output(plane, tables[0][0], level == 0, lo, hi, out)
+        if err == _values.OUT_BAD_INDEX:
+            raise CorruptError("decoded indices outside the value table")
+        if err == _values.OUT_BAD_VALUE:
+            raise CorruptError("decoded values outside bits_stored")
+        if hdr.frame_axis:
+            out = out[None]
+        return out[..., None] if hdr.sample_axis else out
     if hdr.lossy:
         from . import _lossy
 
@@ -344,7 +359,6 @@ def decode(data, level: int = 0) -> np.ndarray:
             for s, t in enumerate(tables[f]):
                 if t is not None:
                     planes[f, :, :, s] = t.lookup(planes[f, :, :, s], exact=level == 0)
-    lo, hi = _range(hdr.bits_stored, hdr.signed)
     if hdr.lossy or level:
         np.clip(planes, lo, hi, out=planes)
     elif planes.min(initial=0) < lo or planes.max(initial=0) > hi:

@@ -48,6 +48,44 @@ class ValueTable:
         return self.values[idx]
 
 
+OUT_OK, OUT_BAD_INDEX, OUT_BAD_VALUE = 0, 1, 2
+
+
+def to_output(plane: np.ndarray, table: ValueTable | None, exact: bool, lo: int, hi: int, out: np.ndarray) -> int:
+    """Write the int32 ``plane`` (indices when ``table`` is given) to
+    ``out`` (its dtype, same shape) in one pass: through the table, with
+    indices outside it an error when ``exact`` (full resolution), clipped
+    otherwise; then values outside ``lo..hi`` an error when ``exact``,
+    clipped otherwise. Return ``OUT_OK``, ``OUT_BAD_INDEX`` or
+    ``OUT_BAD_VALUE`` (``out`` is then incomplete)."""
+    values = _NO_VALUES if table is None else table.values
+    return _to_output(plane, values, table is not None, exact, lo, hi, out)
+
+
+_NO_VALUES = np.zeros(1, np.int32)
+
+
+@nb.njit(cache=True, nogil=True, boundscheck=False)
+def _to_output(plane, values, lookup, exact, lo, hi, out):
+    rows, cols = plane.shape
+    n = values.shape[0]
+    for i in range(rows):
+        for j in range(cols):
+            v = plane[i, j]
+            if lookup:
+                if v < 0 or v >= n:
+                    if exact:
+                        return OUT_BAD_INDEX
+                    v = min(max(v, 0), n - 1)
+                v = values[v]
+            if v < lo or v > hi:
+                if exact:
+                    return OUT_BAD_VALUE
+                v = min(max(v, lo), hi)
+            out[i, j] = v
+    return OUT_OK
+
+
 def choose(plane: np.ndarray) -> ValueTable | None:
     """The plane's value table if coding indices is expected to save more
     than ``TABLE_COST`` times the table's size, else None.
