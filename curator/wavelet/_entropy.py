@@ -153,6 +153,13 @@ def new_decoder(ac: np.ndarray) -> np.ndarray:
 
 
 @nb.njit(inline="always")
+def _u(x):
+    """An array index as an unsigned integer: numba then emits no
+    negative-index wrap-around for it (every index here is >= 0)."""
+    return np.uint64(x)
+
+
+@nb.njit(inline="always")
 def _bitlen(x):
     return 64 - leading_zeros(np.uint64(x))
 
@@ -187,8 +194,8 @@ def _enc_sym(cdf, cnt, ctx, s, fs, mant, ac, low, rng, cache, csize, apos):
     """Code symbol ``s`` with table ``ctx``, update the table; return the
     new coder state."""
     rr = rng >> CDF_BITS
-    lo = rr * (((np.int64(cdf[ctx, s]) + cdf[ctx, s + fs]) >> 1) + s)
-    rng = rr * (((np.int64(cdf[ctx, s + 1]) + cdf[ctx, s + 1 + fs]) >> 1) + s + 1) - lo
+    lo = rr * (((np.int64(cdf[_u(ctx), _u(s)]) + cdf[_u(ctx), _u(s + fs)]) >> 1) + s)
+    rng = rr * (((np.int64(cdf[_u(ctx), _u(s + 1)]) + cdf[_u(ctx), _u(s + 1 + fs)]) >> 1) + s + 1) - lo
     low += lo
     _adapt(cdf, cnt, ctx, s, mant)
     while rng < 16777216:
@@ -197,7 +204,7 @@ def _enc_sym(cdf, cnt, ctx, s, fs, mant, ac, low, rng, cache, csize, apos):
             carry = low >> 32
             temp = cache
             while True:
-                ac[apos] = (temp + carry) & 0xFF
+                ac[_u(apos)] = (temp + carry) & 0xFF
                 apos += 1
                 temp = 0xFF
                 csize -= 1
@@ -218,7 +225,7 @@ def _rate(n):
 @nb.njit(inline="always")
 def _lane(pk, ctx, t):
     """Lane ``t`` of packed table ``ctx`` (of its slow estimate in mantissa mode)."""
-    return np.int64((pk[ctx, t >> 2] >> np.uint64(16 * (t & 3))) & np.uint64(0xFFFF))
+    return np.int64((pk[_u(ctx), _u(t >> 2)] >> np.uint64(16 * (t & 3))) & np.uint64(0xFFFF))
 
 
 @nb.njit(inline="always")
@@ -237,7 +244,7 @@ def _dec_renorm(ac, nac, rng, code, apos):
         rng <<= 8
         b = 0
         if apos < nac:
-            b = ac[apos]
+            b = ac[_u(apos)]
         apos += 1
         code = ((code << 8) | b) & 0xFFFFFFFF
     return rng, code, apos
@@ -251,7 +258,7 @@ def _raw_fill(raw, nraw, racc, rbits, rpos):
     while rbits <= 48:
         b = 0
         if rpos < nraw:
-            b = raw[rpos]
+            b = raw[_u(rpos)]
         rpos += 1
         racc = (racc << 8) | b
         rbits += 8
@@ -278,29 +285,29 @@ def _dec_sym_packed(pk, cnt, ctx, mant, ac, nac, rng, code, apos):
     qw = (q * _ONES) | _HIGH
     passed = np.uint64(0)
     for k in range(4):  # lanes whose bound q reaches: bit 15 of (q | 0x8000) - b
-        b = pk[ctx, k]
+        b = pk[_u(ctx), _u(k)]
         if mant:  # b = floor((c + f) / 2) + t, lane-wise
-            b = (((b + pk[ctx, k + 4]) >> np.uint64(1)) & _LANE[1]) + _T[k]
+            b = (((b + pk[_u(ctx), _u(k + 4)]) >> np.uint64(1)) & _LANE[_u(1)]) + _T[_u(k)]
         passed += ((qw - b) & _HIGH) >> np.uint64(15)
     s = np.int64((passed * _ONES) >> np.uint64(48)) - 1  # lane 0 (bound 0) always passes
     lo = rr * _bound(pk, ctx, s, mant)
     hi = rr * (CDF_MAX + NSYM if s == NSYM - 1 else _bound(pk, ctx, s + 1, mant))
     code -= lo
     rng = hi - lo
-    n = cnt[ctx]
+    n = cnt[_u(ctx)]
     rate = _rate(n)
-    cnt[ctx] = n + (1 if n < C4 else 0)
+    cnt[_u(ctx)] = n + (1 if n < C4 else 0)
     r = np.uint64(rate)
-    lane = _LANE[rate]
-    rnd = _ROUND[rate]
+    lane = _LANE[_u(rate)]
+    rnd = _ROUND[_u(rate)]
     if mant:
         for k in range(4):
-            m = _UP[s, k]
-            pk[ctx, k] = _adapt_lanes(pk[ctx, k], m, r, lane, rnd)
-            pk[ctx, k + 4] = _adapt_lanes(pk[ctx, k + 4], m, np.uint64(FAST_RATE), _FAST_LANE, _FAST_ROUND)
+            m = _UP[_u(s), _u(k)]
+            pk[_u(ctx), _u(k)] = _adapt_lanes(pk[_u(ctx), _u(k)], m, r, lane, rnd)
+            pk[_u(ctx), _u(k + 4)] = _adapt_lanes(pk[_u(ctx), _u(k + 4)], m, np.uint64(FAST_RATE), _FAST_LANE, _FAST_ROUND)
     else:
         for k in range(4):
-            pk[ctx, k] = _adapt_lanes(pk[ctx, k] - _T[k], _UP[s, k], r, lane, rnd) + _T[k]
+            pk[_u(ctx), _u(k)] = _adapt_lanes(pk[_u(ctx), _u(k)] - _T[_u(k)], _UP[_u(s), _u(k)], r, lane, rnd) + _T[_u(k)]
     rng, code, apos = _dec_renorm(ac, nac, rng, code, apos)
     return s, rng, code, apos
 
@@ -310,7 +317,7 @@ def _enc_bit(sgn, ctx, bit, ac, low, rng, cache, csize, apos):
     """Code a binary decision with sign table ``ctx`` (branch-free: signs
     are close to random, a mispredicted branch costs more than the
     arithmetic)."""
-    bound = (rng >> CDF_BITS) * (np.int64(sgn[ctx, 0]) + BIT_MIN)
+    bound = (rng >> CDF_BITS) * (np.int64(sgn[_u(ctx), _u(0)]) + BIT_MIN)
     m = -np.int64(bit)
     low += bound & m
     rng = bound + ((rng - 2 * bound) & m)
@@ -321,7 +328,7 @@ def _enc_bit(sgn, ctx, bit, ac, low, rng, cache, csize, apos):
             carry = low >> 32
             temp = cache
             while True:
-                ac[apos] = (temp + carry) & 0xFF
+                ac[_u(apos)] = (temp + carry) & 0xFF
                 apos += 1
                 temp = 0xFF
                 csize -= 1
@@ -335,7 +342,7 @@ def _enc_bit(sgn, ctx, bit, ac, low, rng, cache, csize, apos):
 
 @nb.njit(inline="always")
 def _dec_bit(sgn, ctx, ac, nac, rng, code, apos):
-    bound = (rng >> CDF_BITS) * (np.int64(sgn[ctx, 0]) + BIT_MIN)
+    bound = (rng >> CDF_BITS) * (np.int64(sgn[_u(ctx), _u(0)]) + BIT_MIN)
     bit = np.int64(code >= bound)
     m = -bit
     code -= bound & m
@@ -348,11 +355,11 @@ def _dec_bit(sgn, ctx, ac, nac, rng, code, apos):
 @nb.njit(inline="always")
 def _adapt_bit(sgn, ctx, m):
     """``m``: 0 after a 0, -1 after a 1."""
-    n = sgn[ctx, 1]
+    n = sgn[_u(ctx), _u(1)]
     rate = _rate(n)
-    sgn[ctx, 1] = n + (1 if n < C4 else 0)
+    sgn[_u(ctx), _u(1)] = n + (1 if n < C4 else 0)
     tgt = BIT_MAX & ~m
-    sgn[ctx, 0] += (tgt - sgn[ctx, 0]) >> rate
+    sgn[_u(ctx), _u(0)] += (tgt - sgn[_u(ctx), _u(0)]) >> rate
 
 
 @nb.njit(inline="always")
@@ -365,24 +372,24 @@ def _sgn(x):
 def _sign_ctx(band, i, j, group):
     """Sign table of a detail coefficient: its group and the signs of its
     west, north and north-west neighbours (decoded values), without branches."""
-    w = _sgn(band[i, j - 1]) if j > 0 else 0
-    n = _sgn(band[i - 1, j]) if i > 0 else 0
-    d = _sgn(band[i - 1, j - 1]) if i > 0 and j > 0 else 0
+    w = _sgn(band[_u(i), _u(j - 1)]) if j > 0 else 0
+    n = _sgn(band[_u(i - 1), _u(j)]) if i > 0 else 0
+    d = _sgn(band[_u(i - 1), _u(j - 1)]) if i > 0 and j > 0 else 0
     return ((group * 3 + w + 1) * 3 + n + 1) * 3 + d + 1
 
 
 @nb.njit(inline="always")
 def _adapt(cdf, cnt, ctx, s, mant):
-    n = cnt[ctx]
+    n = cnt[_u(ctx)]
     rate = _rate(n)
-    cnt[ctx] = n + (1 if n < C4 else 0)
+    cnt[_u(ctx)] = n + (1 if n < C4 else 0)
     for t in range(1, NSYM):
         tgt = CDF_MAX if t > s else 0
-        cdf[ctx, t] += (tgt - cdf[ctx, t]) >> rate
+        cdf[_u(ctx), _u(t)] += (tgt - cdf[_u(ctx), _u(t)]) >> rate
     if mant:
         for t in range(D + 1, D + NSYM):
             tgt = CDF_MAX if t > s + D else 0
-            cdf[ctx, t] += (tgt - cdf[ctx, t]) >> FAST_RATE
+            cdf[_u(ctx), _u(t)] += (tgt - cdf[_u(ctx), _u(t)]) >> FAST_RATE
 
 
 @nb.njit(inline="always")
@@ -412,12 +419,12 @@ def _encode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
         while j < cols:
             k2 = j + 2
             local = (
-                2 * (np.int64(mp[r, k2 - 1]) + mp[r - 1, k2])
-                + mp[r - 1, k2 - 1]
-                + mp[r - 1, k2 + 1]
-                + ((np.int64(mp[r, k2 - 2]) + mp[r - 2, k2]) >> 1)
+                2 * (np.int64(mp[_u(r), _u(k2 - 1)]) + mp[_u(r - 1), _u(k2)])
+                + mp[_u(r - 1), _u(k2 - 1)]
+                + mp[_u(r - 1), _u(k2 + 1)]
+                + ((np.int64(mp[_u(r), _u(k2 - 2)]) + mp[_u(r - 2), _u(k2)]) >> 1)
             )
-            qo = _qlog(np.int64(oth[i, j])) >> 1
+            qo = _qlog(np.int64(oth[_u(i), _u(j)])) >> 1
             ql = min(_qlog(local), NQL - 1)
             qp = min(qo, NQP - 1)
             if ql == 0 and qp == 0:
@@ -427,12 +434,12 @@ def _encode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
                 lim = min(RUN_MAX, cols - j)
                 while n < lim:  # quiet: the position would have the zero context if its west neighbours were 0
                     p = j + n + 2
-                    if (mp[r - 1, p - 1] | mp[r - 1, p] | mp[r - 1, p + 1]) != 0 or mp[r - 2, p] > 1 or oth[i, p - 2] > 1:
+                    if (mp[_u(r - 1), _u(p - 1)] | mp[_u(r - 1), _u(p)] | mp[_u(r - 1), _u(p + 1)]) != 0 or mp[_u(r - 2), _u(p)] > 1 or oth[_u(i), _u(p - 2)] > 1:
                         break
                     n += 1
                 run = 0
                 while run < n:
-                    v = np.int64(band[i, j + run])
+                    v = np.int64(band[_u(i), _u(j + run)])
                     if predict:
                         v -= _med(band, i, j + run)
                     if v != 0:
@@ -450,11 +457,11 @@ def _encode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
             else:
                 ctx = gbase + ql * NQP + qp
                 k = max(0, (ql - SHIFT_BASE) >> 1)
-            v = np.int64(band[i, j])
+            v = np.int64(band[_u(i), _u(j)])
             if predict:
                 v -= _med(band, i, j)
             mag = -v if v < 0 else v
-            mp[r, k2] = mag
+            mp[_u(r), _u(k2)] = mag
             q = _qlog(mag >> k)
             if k > 0 and mag != 0:
                 q += 1  # class 0 is the zero alone, class 1 is 0 < |v| < 2**k
@@ -467,7 +474,7 @@ def _encode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
                 rbits += e + 1
                 while rbits >= 8:
                     rbits -= 8
-                    raw[rpos] = (racc >> rbits) & 0xFF
+                    raw[_u(rpos)] = (racc >> rbits) & 0xFF
                     rpos += 1
                 racc &= (np.int64(1) << rbits) - 1
             if k > 0 and mag != 0:
@@ -497,7 +504,7 @@ def _encode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
             rbits += nr
             while rbits >= 8:
                 rbits -= 8
-                raw[rpos] = (racc >> rbits) & 0xFF
+                raw[_u(rpos)] = (racc >> rbits) & 0xFF
                 rpos += 1
             racc &= (np.int64(1) << rbits) - 1
             j += 1
@@ -565,12 +572,12 @@ def _decode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
         while j < cols:
             k2 = j + 2
             local = (
-                2 * (np.int64(mp[r, k2 - 1]) + mp[r - 1, k2])
-                + mp[r - 1, k2 - 1]
-                + mp[r - 1, k2 + 1]
-                + ((np.int64(mp[r, k2 - 2]) + mp[r - 2, k2]) >> 1)
+                2 * (np.int64(mp[_u(r), _u(k2 - 1)]) + mp[_u(r - 1), _u(k2)])
+                + mp[_u(r - 1), _u(k2 - 1)]
+                + mp[_u(r - 1), _u(k2 + 1)]
+                + ((np.int64(mp[_u(r), _u(k2 - 2)]) + mp[_u(r - 2), _u(k2)]) >> 1)
             )
-            qo = _qlog(np.int64(oth[i, j])) >> 1
+            qo = _qlog(np.int64(oth[_u(i), _u(j)])) >> 1
             ql = min(_qlog(local), NQL - 1)
             qp = min(qo, NQP - 1)
             if ql == 0 and qp == 0:
@@ -578,7 +585,7 @@ def _decode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
                 lim = min(RUN_MAX, cols - j)
                 while n < lim:  # quiet: the position would have the zero context if its west neighbours were 0
                     p = j + n + 2
-                    if (mp[r - 1, p - 1] | mp[r - 1, p] | mp[r - 1, p + 1]) != 0 or mp[r - 2, p] > 1 or oth[i, p - 2] > 1:
+                    if (mp[_u(r - 1), _u(p - 1)] | mp[_u(r - 1), _u(p)] | mp[_u(r - 1), _u(p + 1)]) != 0 or mp[_u(r - 2), _u(p)] > 1 or oth[_u(i), _u(p - 2)] > 1:
                         break
                     n += 1
                 run, rng, code, apos = _dec_sym_packed(cdf, cnt, rbase + n - 1, mant, ac, nac, rng, code, apos)
@@ -586,7 +593,7 @@ def _decode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
                     bad = True
                     break
                 for t in range(j, j + run):
-                    band[i, t] = _med(band, i, t) if predict else 0
+                    band[_u(i), _u(t)] = _med(band, i, t) if predict else 0
                 j += run
                 if run == n:
                     continue
@@ -661,13 +668,13 @@ def _decode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
                     bad = True
                     mag = MAX_MAG
                     v = 0
-            mp[r, k2] = mag
+            mp[_u(r), _u(k2)] = mag
             if predict:
                 v += _med(band, i, j)
                 if v > MAX_MAG or v < -MAX_MAG:
                     bad = True
                     v = 0
-            band[i, j] = v
+            band[_u(i), _u(j)] = v
             j += 1
         if bad:
             break
