@@ -62,6 +62,13 @@ def outgoing(data: bytes, study: dict[str, Any]) -> bytes:
             continue  # a birth year or month from the RIS is no DICOM date
         if want and str(ds.get(keyword, "") or "") != want:
             changes[keyword] = want
+    # the Patient ID's assigning authority: stated with a new Patient ID (a
+    # merge, an identifier change, a reconciliation), replaced where the
+    # object names another (an A47 into another authority); an object
+    # without one keeps its Patient ID unqualified when that is unchanged
+    issuer, held = str(study.get("issuer_of_patient_id") or ""), str(ds.get("IssuerOfPatientID", "") or "")
+    if issuer and held != issuer and (held or "PatientID" in changes):
+        changes["IssuerOfPatientID"] = issuer
     if not changes:
         return data
     replaced = Dataset()

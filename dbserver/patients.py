@@ -76,15 +76,21 @@ def merge_patients(session: Session, survivor: Patient, prior_id: str, prior_iss
     return moved or 0
 
 
-def change_patient_id(session: Session, prior_id: str, issuer: str, new_id: str, control_id: str = "") -> Patient:
-    """Give the patient ``prior_id`` the identifier ``new_id`` (ADT^A47)."""
+def change_patient_id(session: Session, prior_id: str, issuer: str, new_id: str, control_id: str = "",
+                      new_issuer: str | None = None) -> Patient:
+    """Give the patient ``prior_id`` of ``issuer`` the identifier ``new_id``
+    (ADT^A47), in the assigning authority ``new_issuer`` (default: the same
+    one). The new identifier must be free in that authority: one that
+    exists there is a merge (ADT^A40)."""
+    new_issuer = issuer if new_issuer is None else new_issuer
     patient = find_named_patient(session, prior_id, issuer)
     if patient is None:
         raise PatientIdentityError(f"MRG-1: no patient {prior_id} ({issuer}) to change")
-    if prior_id != new_id and find_patient(session, new_id, issuer) is not None:
-        raise PatientIdentityError(f"PID-3: patient {new_id} ({issuer}) exists already; merging is ADT^A40")
+    taken = find_patient(session, new_id, new_issuer)
+    if taken is not None and taken.id != patient.id:
+        raise PatientIdentityError(f"PID-3: patient {new_id} ({new_issuer}) exists already; merging is ADT^A40")
     prior_issuer = patient.issuer_of_patient_id
-    patient.patient_id, patient.issuer_of_patient_id = new_id, issuer
+    patient.patient_id, patient.issuer_of_patient_id = new_id, new_issuer
     patient.updated_at = patient.ris_updated_at = utcnow()
     _keep_prior(session, patient, prior_id, prior_issuer, "A47", control_id)
     session.flush()

@@ -40,14 +40,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from dbserver.models import Change, Hl7Message, Order, Patient, PatientPriorId, RisDomain, utcnow
-from dbserver.patients import (
-    PatientIdentityError,
-    change_patient_id,
-    find_named_patient,
-    find_patient,
-    merge_patients,
-)
+from dbserver.models import Hl7Message, Order, RisDomain, utcnow
+from dbserver.patients import PatientIdentityError, change_patient_id, merge_patients
 from dbserver.validation import revalidate_accession
 from dbserver.worklist import CANCELLED, COMPLETED, SCHEDULED, OrderFields, save_order, save_patient
 from services.db import run_in_transaction
@@ -59,6 +53,7 @@ from services.settings import Settings
 __all__ = ["FrameReader", "FrameTooLarge", "Hl7Listener", "frame", "handle", "respond", "start"]
 
 LOG = logging.getLogger(__name__)
+
 
 class Hl7Error(Exception):
     """The message cannot be applied: answered AE with an ERR segment.
@@ -292,40 +287,13 @@ def apply_change_id(session: Session, msg: hl7.Message, issuer: str, settings: S
     new_id = fields["patient_id"]
     new_issuer = _named_identifier(msg, "PID", 3, issuer)[1] or prior_issuer
     fields["issuer_of_patient_id"] = new_issuer
-    patient = find_named_patient(session, prior_id, prior_issuer)
-    if patient is None:
-        raise Hl7Error(f"MRG-1: no patient {prior_id} ({prior_issuer}) to change", "MRG^1^1", "204")
-    taken = find_patient(session, new_id, new_issuer)
-    if taken is not None and taken.id != patient.id:
-        raise Hl7Error(f"PID-3: patient {new_id} ({new_issuer}) exists already; merging is ADT^A40",
-                       "PID^1^3", "205")
-    control = _field(msg, "MSH", 10)
-    if new_issuer == prior_issuer:
-        try:
-            change_patient_id(session, prior_id, prior_issuer, new_id, control)
-        except PatientIdentityError as exc:
-            raise Hl7Error(str(exc), "MRG^1^1" if "MRG" in str(exc) else "PID^1^3", "204") from None
-    else:
-        _move_to_authority(session, patient, new_id, new_issuer, control)
+    try:
+        change_patient_id(session, prior_id, prior_issuer, new_id, _field(msg, "MSH", 10), new_issuer)
+    except PatientIdentityError as exc:  # no such patient (204), or the new identifier is taken (205)
+        raise Hl7Error(str(exc), *(("MRG^1^1", "204") if str(exc).startswith("MRG") else ("PID^1^3", "205"))
+                       ) from None
     save_patient(session, **fields)
     return f"patient {prior_id} ({prior_issuer}) is now {new_id} ({new_issuer})"
-
-
-def _move_to_authority(session: Session, patient: Patient, new_id: str, new_issuer: str, control: str) -> None:
-    """An A47 into another assigning authority. dbserver.patients'
-    change_patient_id keeps a patient in the authority it is looked up in
-    (and checks the new identifier there), so the move is made here and
-    kept the same way: the identifier that goes away as a prior one, an
-    entry in the change log."""
-    now = utcnow()
-    session.add(PatientPriorId(patient_fk=patient.id, patient_id=patient.patient_id,
-                               issuer_of_patient_id=patient.issuer_of_patient_id, event="A47",
-                               message_control_id=control, replaced_at=now))
-    patient.patient_id, patient.issuer_of_patient_id = new_id, new_issuer
-    patient.updated_at = patient.ris_updated_at = now
-    session.add(Change(change_type="patient-a47", resource_type="patient", resource_uid=new_id[:64],
-                       created_at=now))
-    session.flush()
 
 
 _STATUS = {"NW": SCHEDULED, "XO": SCHEDULED, "CA": CANCELLED, "OC": CANCELLED, "DC": CANCELLED}

@@ -63,3 +63,32 @@ def test_a_partial_birth_date_from_the_ris_is_not_written() -> None:
 def test_an_unvalidated_study_leaves_as_received() -> None:
     data = _object("ISO_IR 100")
     assert outgoing(data, {"validation_status": "unverified", "patient_name": "OTHER^NAME"}) == data
+
+
+def _with_issuer(issuer: str | None) -> bytes:
+    ds = _read(_object("ISO_IR 100"))
+    if issuer is not None:
+        ds.IssuerOfPatientID = issuer
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_the_issuer_of_patient_id_follows_the_patient() -> None:
+    verified = {"validation_status": "verified", "patient_id": "1CT1", "issuer_of_patient_id": "HOSP_B"}
+    # an A47 into another authority: the object's own issuer is replaced, and kept
+    ds = _read(outgoing(_with_issuer("HOSP_A"), {**verified, "patient_id": "NEW-7"}))
+    assert (ds.PatientID, ds.IssuerOfPatientID) == ("NEW-7", "HOSP_B")
+    replaced = ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
+    assert (replaced.PatientID, replaced.IssuerOfPatientID) == ("1CT1", "HOSP_A")
+    # the same ID, another authority named: only the issuer changes
+    ds = _read(outgoing(_with_issuer("HOSP_A"), verified))
+    assert (ds.PatientID, ds.IssuerOfPatientID) == ("1CT1", "HOSP_B")
+    assert "PatientID" not in ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0]
+    # a new ID for an object that named no authority: the ID is qualified
+    ds = _read(outgoing(_with_issuer(None), {**verified, "patient_id": "NEW-7"}))
+    assert ds.IssuerOfPatientID == "HOSP_B"
+    assert ds.OriginalAttributesSequence[0].ModifiedAttributesSequence[0].IssuerOfPatientID == ""
+    # nothing else differs and the object names no authority: it leaves as stored
+    data = _with_issuer(None)
+    assert outgoing(data, verified) == data

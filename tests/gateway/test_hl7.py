@@ -457,8 +457,9 @@ def test_a47_takes_the_assigning_authority_pid3_names(ris_cluster: Cluster, tmp_
     shown = c.pacs_json("study", "show", uid)
     assert (shown["patient_id"], shown["issuer_of_patient_id"]) == ("CH2", "CITY")
     ds = export_one(c, uid, tmp_path / "exp")
-    assert ds.PatientID == "CH2"
-    assert ds.OriginalAttributesSequence[-1].ModifiedAttributesSequence[0].PatientID == "CH1"
+    assert (ds.PatientID, ds.IssuerOfPatientID) == ("CH2", "CITY")
+    replaced = ds.OriginalAttributesSequence[-1].ModifiedAttributesSequence[0]
+    assert (replaced.PatientID, replaced.IssuerOfPatientID) == ("CH1", "")
     keys = {"PatientID": "", "IssuerOfPatientID": "", "AccessionNumber": "CHG-1"}
     answers = worklist(c, "CT01", keys, {"ScheduledStationAETitle": ""})
     assert [(a.PatientID, a.IssuerOfPatientID) for a in answers] == [("CH2", "CITY")]
