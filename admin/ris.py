@@ -4,7 +4,6 @@ back."""
 
 from __future__ import annotations
 
-import base64
 import re
 import sys
 from datetime import datetime, timedelta, timezone
@@ -28,13 +27,6 @@ LimitOpt = Annotated[int, typer.Option(help="show at most this many (0: all); th
 
 def _bad(value: str, what: str) -> ValueError:
     return ValueError(f"{value!r} is not {what}")
-
-
-def _like(pattern: str) -> str:
-    """A DICOM wildcard (``*`` any run, ``?`` one character) as a LIKE
-    pattern, with LIKE's own ``%``, ``_`` and the escape taken literally."""
-    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped.replace("*", "%").replace("?", "_")
 
 
 def _date_range(value: str) -> tuple[datetime | None, datetime | None]:
@@ -92,16 +84,6 @@ def _limit(limit: int) -> int | None:
     return limit or None
 
 
-def _page(session: Any, stmt: Any, limit: int | None) -> tuple[list[Any], int]:
-    """The first ``limit`` rows of ``stmt`` and how many matched in all."""
-    from sqlalchemy import func, select
-
-    rows = list(session.execute(stmt.limit(limit) if limit else stmt))
-    if limit is None or len(rows) < limit:
-        return rows, len(rows)
-    return rows, session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery()))
-
-
 def _listing(rows: list[dict[str, Any]], total: int, columns: list[str], as_json: bool, what: str) -> None:
     """The rows (a table, or JSON: a list, as before filters existed), and on
     standard error how many more matched than shown."""
@@ -109,36 +91,6 @@ def _listing(rows: list[dict[str, Any]], total: int, columns: list[str], as_json
     if total > len(rows):
         err.print(f"{len(rows)} of {total} {what} shown: narrow the filters, or --limit {total} (0: all)",
                   markup=False, highlight=False)
-
-
-def _patients_page(settings: Any, patient_id: str | None, issuer: str | None, name: str | None,
-                   limit: int | None) -> tuple[list[dict[str, Any]], int]:
-    from sqlalchemy import func, select
-
-    from dbserver.models import Patient, PatientPriorId
-    from services.db import unit_of_work
-
-    stmt = select(Patient).order_by(Patient.patient_name, Patient.id)
-    if patient_id is not None:
-        stmt = stmt.where(Patient.patient_id == patient_id)
-    if issuer is not None:
-        stmt = stmt.where(Patient.issuer_of_patient_id == issuer)
-    if name is not None:
-        stmt = stmt.where(func.lower(Patient.patient_name).like(_like(name.lower()), escape="\\"))
-    with unit_of_work(settings) as session:
-        found, total = _page(session, stmt, limit)
-        patients = [row[0] for row in found]
-        prior: dict[int, list[dict[str, str]]] = {}
-        ids = [p.id for p in patients]
-        for row in session.scalars(select(PatientPriorId).where(PatientPriorId.patient_fk.in_(ids))
-                                   .order_by(PatientPriorId.id)) if ids else []:
-            prior.setdefault(row.patient_fk, []).append({
-                "patient_id": row.patient_id, "issuer_of_patient_id": row.issuer_of_patient_id,
-                "event": row.event})
-        return [{"patient_id": p.patient_id, "issuer_of_patient_id": p.issuer_of_patient_id,
-                 "patient_name": p.patient_name, "patient_birth_date": p.patient_birth_date,
-                 "patient_sex": p.patient_sex, "from_ris": p.ris_updated_at is not None,
-                 "prior_ids": prior.get(p.id, [])} for p in patients], total
 
 
 @ris_app.command("patients")
@@ -158,46 +110,14 @@ def ris_patients(
     except ValueError as exc:
         _fail(str(exc), 2)
     _ready(settings)
-    rows, total = _patients_page(settings, patient_id, issuer, name, rows_limit)
+    from dbserver.worklist import find_patients
+
+    rows, total = find_patients(settings, patient_id=patient_id, issuer=issuer, name=name, limit=rows_limit)
     _listing(rows, total, ["patient_id", "issuer_of_patient_id", "patient_name", "patient_birth_date",
                            "patient_sex"], as_json, "patients")
 
 
 ORDER_STATES = ("scheduled", "cancelled", "completed")
-
-
-def _orders_page(settings: Any, filters: dict[str, Any], limit: int | None) -> tuple[list[dict[str, Any]], int]:
-    from sqlalchemy import select
-
-    from dbserver.models import Order, Patient
-    from services.db import unit_of_work
-
-    stmt = select(Order, Patient).join(Patient, Order.patient_fk == Patient.id).order_by(
-        Order.scheduled_start, Order.id)
-    for column, key in ((Order.accession_number, "accession"), (Patient.patient_id, "patient_id"),
-                        (Order.status, "status"), (Order.modality, "modality"),
-                        (Order.scheduled_station_ae_title, "station")):
-        if filters.get(key) is not None:
-            stmt = stmt.where(column == filters[key])
-    start, end = filters.get("date") or (None, None)
-    if start:
-        stmt = stmt.where(Order.scheduled_start >= start)
-    if end:
-        stmt = stmt.where(Order.scheduled_start < end)
-    with unit_of_work(settings) as session:
-        found, total = _page(session, stmt, limit)
-        return [{
-            "accession_number": o.accession_number, "issuer_of_accession_number": o.issuer_of_accession_number,
-            "patient_id": p.patient_id, "issuer_of_patient_id": p.issuer_of_patient_id,
-            "patient_name": p.patient_name, "study_instance_uid": o.study_instance_uid,
-            "requested_procedure_id": o.requested_procedure_id,
-            "requested_procedure_description": o.requested_procedure_description,
-            "procedure_code_value": o.procedure_code_value, "procedure_coding_scheme": o.procedure_coding_scheme,
-            "modality": o.modality, "scheduled_station_ae_title": o.scheduled_station_ae_title,
-            # the site's wall-clock time, as the worklist serves it
-            "scheduled_start": o.scheduled_start.replace(tzinfo=None).isoformat() if o.scheduled_start else None,
-            "status": o.status, "source": o.source,
-        } for o, p in found], total
 
 
 @ris_app.command("orders")
@@ -217,14 +137,17 @@ def ris_orders(
     try:
         if status is not None and status.lower() not in ORDER_STATES:
             raise ValueError(f"--status {status!r}: give one of {', '.join(ORDER_STATES)}")
-        filters = {"status": status.lower() if status else None, "accession": accession, "patient_id": patient_id,
-                   "modality": modality.upper() if modality else modality, "station": station,
-                   "date": _date_range(date) if date is not None else None}
+        start, end = _date_range(date) if date is not None else (None, None)
         rows_limit = _limit(limit)
     except ValueError as exc:
         _fail(str(exc), 2)
     _ready(settings)
-    rows, total = _orders_page(settings, filters, rows_limit)
+    from dbserver.worklist import find_orders
+
+    rows, total = find_orders(settings, accession=accession, patient_id=patient_id,
+                              status=status.lower() if status else None,
+                              modality=modality.upper() if modality else None,
+                              station=station, start=start, end=end, limit=rows_limit)
     _listing(rows, total, ["accession_number", "patient_id", "patient_name", "modality",
                            "scheduled_station_ae_title", "scheduled_start", "status"], as_json, "orders")
 
@@ -447,41 +370,8 @@ def domain_remove(issuer: str, as_json: JsonOpt = False) -> None:
     out.print(f"removed {issuer}")
 
 
-@ris_app.command("messages")
-def ris_messages(
-    as_json: JsonOpt = False,
-    limit: Annotated[int, typer.Option(help="the newest this many")] = 50,
-    raw: Annotated[bool, typer.Option("--raw", help="with each message as received or sent")] = False,
-) -> None:
-    """The HL7 message log, newest first: every message in and out, with its ACK."""
-    from dbserver.hl7log import list_messages
-
-    settings = _settings()
-    _ready(settings)
-    columns = ["at", "direction", "remote", "message_type", "message_control_id", "ack_code", "error"]
-    _rows(list_messages(settings, limit, raw), columns + (["raw"] if raw else []), as_json)
-
-
 ACK_CODES = ("AA", "AE", "AR", "CA", "CE", "CR")
 _MESSAGE_TYPE = re.compile(r"^[A-Z0-9]{3}(\^[A-Z0-9]{3})?$")
-
-
-def _message_bytes(m: Any) -> bytes | None:
-    """The bytes of a logged message: as received; for one we sent, its
-    text in UTF-8 (what the sender framed); None for one received before
-    the log kept bytes (migration 0010)."""
-    if m.raw_bytes is not None:
-        return bytes(m.raw_bytes)
-    return m.raw.encode("utf-8") if m.direction == "out" else None
-
-
-def _message_row(m: Any) -> dict[str, Any]:
-    data = _message_bytes(m)
-    return {"id": m.id, "at": m.at.isoformat(), "direction": m.direction, "remote": m.remote,
-            "message_type": m.message_type, "message_control_id": m.message_control_id,
-            "sending_application": m.sending_application, "sending_facility": m.sending_facility,
-            "ack_code": m.ack_code, "error": m.error, "size": len(data) if data is not None else None,
-            "raw": m.raw, "raw_base64": base64.b64encode(data).decode("ascii") if data is not None else None}
 
 
 def _log_filters(message_type: str | None, ack: str | None, since: str | None) -> dict[str, Any]:
@@ -491,40 +381,7 @@ def _log_filters(message_type: str | None, ack: str | None, since: str | None) -
     code = ack.strip().upper() if ack is not None else None
     if code is not None and code not in ACK_CODES:
         raise ValueError(f"--ack {ack!r}: give one of {', '.join(ACK_CODES)}")
-    return {"type": kind, "ack": code, "since": _since(since) if since is not None else None}
-
-
-def _log_page(settings: Any, filters: dict[str, Any], limit: int | None) -> tuple[list[dict[str, Any]], int]:
-    from sqlalchemy import select
-
-    from dbserver.models import Hl7Message
-    from services.db import unit_of_work
-
-    stmt = select(Hl7Message).order_by(Hl7Message.id.desc())
-    kind = filters.get("type")
-    if kind:
-        stmt = stmt.where(Hl7Message.message_type == kind if "^" in kind
-                          else Hl7Message.message_type.like(f"{kind}^%"))
-    if filters.get("ack"):
-        stmt = stmt.where(Hl7Message.ack_code == filters["ack"])
-    if filters.get("control_id") is not None:
-        stmt = stmt.where(Hl7Message.message_control_id == filters["control_id"])
-    if filters.get("since"):
-        stmt = stmt.where(Hl7Message.at >= filters["since"])
-    with unit_of_work(settings) as session:
-        found, total = _page(session, stmt, limit)
-        return [_message_row(row[0]) for row in found], total
-
-
-def _one_message(settings: Any, message_id: int) -> tuple[dict[str, Any], bytes | None]:
-    from dbserver.models import Hl7Message
-    from services.db import unit_of_work
-
-    with unit_of_work(settings) as session:
-        m = session.get(Hl7Message, message_id)
-        if m is None:
-            _fail(f"no message {message_id} in the HL7 log")
-        return _message_row(m), _message_bytes(m)
+    return {"message_type": kind, "ack": code, "since": _since(since) if since is not None else None}
 
 
 def _write_bytes(row: dict[str, Any], data: bytes | None, output: Path | None) -> None:
@@ -579,7 +436,7 @@ def ris_log(
     for a message logged before the bytes were kept), and "size" in bytes."""
     settings = _settings()
     try:
-        filters = {**_log_filters(message_type, ack, since), "control_id": control_id}
+        filters = _log_filters(message_type, ack, since)
         rows_limit = _limit(limit)
         if (raw or output is not None) and message_id is None:
             raise ValueError("--raw and --output write one message: say which with --id")
@@ -588,8 +445,13 @@ def ris_log(
     except ValueError as exc:
         _fail(str(exc), 2)
     _ready(settings)
+    from dbserver.hl7log import find_messages, get_message
+
     if message_id is not None:
-        row, data = _one_message(settings, message_id)
+        found = get_message(settings, message_id)
+        if found is None:
+            _fail(f"no message {message_id} in the HL7 log")
+        row, data = found
         if raw or output is not None:
             _write_bytes(row, data, output)
         elif as_json:
@@ -597,7 +459,7 @@ def ris_log(
         else:
             _show_message(row)
         return
-    rows, total = _log_page(settings, filters, rows_limit)
+    rows, total = find_messages(settings, **filters, control_id=control_id, limit=rows_limit)
     _listing(rows, total, ["id", "at", "direction", "remote", "message_type", "message_control_id", "ack_code",
                            "error"], as_json, "messages")
 

@@ -18,11 +18,11 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from dbserver.models import Order, Patient, PatientPriorId, utcnow
-from services.db import run_in_transaction, unit_of_work
+from services.db import first_rows, run_in_transaction, unit_of_work
 from services.settings import Settings
 
 SCHEDULED = "scheduled"
@@ -308,37 +308,75 @@ def _item(query: Dataset, sps_query: Dataset, order: Order, patient: Patient) ->
 
 
 
-def list_orders(settings: Settings, status: str | None = None) -> list[dict[str, Any]]:
-    """Orders with their patients, soonest first."""
-    with unit_of_work(settings) as session:
-        stmt = select(Order, Patient).join(Patient, Order.patient_fk == Patient.id).order_by(
-            Order.scheduled_start, Order.id)
-        if status:
-            stmt = stmt.where(Order.status == status)
-        return [{
-            "accession_number": o.accession_number, "issuer_of_accession_number": o.issuer_of_accession_number,
-            "patient_id": p.patient_id, "issuer_of_patient_id": p.issuer_of_patient_id,
-            "patient_name": p.patient_name, "study_instance_uid": o.study_instance_uid,
-            "requested_procedure_id": o.requested_procedure_id,
-            "requested_procedure_description": o.requested_procedure_description,
-            "procedure_code_value": o.procedure_code_value, "procedure_coding_scheme": o.procedure_coding_scheme,
-            "modality": o.modality, "scheduled_station_ae_title": o.scheduled_station_ae_title,
-            # the site's wall-clock time, as the worklist serves it
-            "scheduled_start": o.scheduled_start.replace(tzinfo=None).isoformat() if o.scheduled_start else None,
-            "status": o.status, "source": o.source,
-        } for o, p in session.execute(stmt)]
+def like_pattern(pattern: str) -> str:
+    """A DICOM wildcard (``*`` any run, ``?`` one character) as a LIKE
+    pattern with ``\\`` as its escape, LIKE's own ``%`` and ``_`` taken
+    literally."""
+    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
 
 
-def list_patients(settings: Settings) -> list[dict[str, Any]]:
-    """Every patient, with the identifiers it no longer has (merged, changed)."""
+def order_row(o: Order, p: Patient) -> dict[str, Any]:
+    return {
+        "accession_number": o.accession_number, "issuer_of_accession_number": o.issuer_of_accession_number,
+        "patient_id": p.patient_id, "issuer_of_patient_id": p.issuer_of_patient_id,
+        "patient_name": p.patient_name, "study_instance_uid": o.study_instance_uid,
+        "requested_procedure_id": o.requested_procedure_id,
+        "requested_procedure_description": o.requested_procedure_description,
+        "procedure_code_value": o.procedure_code_value, "procedure_coding_scheme": o.procedure_coding_scheme,
+        "modality": o.modality, "scheduled_station_ae_title": o.scheduled_station_ae_title,
+        # the site's wall-clock time, as the worklist serves it
+        "scheduled_start": o.scheduled_start.replace(tzinfo=None).isoformat() if o.scheduled_start else None,
+        "status": o.status, "source": o.source,
+    }
+
+
+def find_orders(settings: Settings, *, accession: str | None = None, patient_id: str | None = None,
+                status: str | None = None, modality: str | None = None, station: str | None = None,
+                start: datetime | None = None, end: datetime | None = None,
+                limit: int | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Orders with their patients, soonest first: those that match every
+    filter given (``start`` <= scheduled start < ``end``), at most
+    ``limit`` of them, and how many matched in all."""
+    stmt = select(Order, Patient).join(Patient, Order.patient_fk == Patient.id).order_by(
+        Order.scheduled_start, Order.id)
+    for column, value in ((Order.accession_number, accession), (Patient.patient_id, patient_id),
+                          (Order.status, status), (Order.modality, modality),
+                          (Order.scheduled_station_ae_title, station)):
+        if value is not None:
+            stmt = stmt.where(column == value)
+    if start is not None:
+        stmt = stmt.where(Order.scheduled_start >= start)
+    if end is not None:
+        stmt = stmt.where(Order.scheduled_start < end)
     with unit_of_work(settings) as session:
+        found, total = first_rows(session, stmt, limit)
+        return [order_row(o, p) for o, p in found], total
+
+
+def find_patients(settings: Settings, *, patient_id: str | None = None, issuer: str | None = None,
+                  name: str | None = None, limit: int | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Patients by name, with the identifiers they no longer have (merged,
+    changed): those that match every filter given (``name`` a DICOM
+    wildcard, any case), at most ``limit``, and how many matched in all."""
+    stmt = select(Patient).order_by(Patient.patient_name, Patient.id)
+    if patient_id is not None:
+        stmt = stmt.where(Patient.patient_id == patient_id)
+    if issuer is not None:
+        stmt = stmt.where(Patient.issuer_of_patient_id == issuer)
+    if name is not None:
+        stmt = stmt.where(func.lower(Patient.patient_name).like(like_pattern(name.lower()), escape="\\"))
+    with unit_of_work(settings) as session:
+        found, total = first_rows(session, stmt, limit)
+        patients = [row[0] for row in found]
         prior: dict[int, list[dict[str, str]]] = {}
-        for row in session.scalars(select(PatientPriorId).order_by(PatientPriorId.id)):
+        ids = [p.id for p in patients]
+        for row in session.scalars(select(PatientPriorId).where(PatientPriorId.patient_fk.in_(ids))
+                                   .order_by(PatientPriorId.id)) if ids else []:
             prior.setdefault(row.patient_fk, []).append({
                 "patient_id": row.patient_id, "issuer_of_patient_id": row.issuer_of_patient_id,
                 "event": row.event})
         return [{"patient_id": p.patient_id, "issuer_of_patient_id": p.issuer_of_patient_id,
                  "patient_name": p.patient_name, "patient_birth_date": p.patient_birth_date,
                  "patient_sex": p.patient_sex, "from_ris": p.ris_updated_at is not None,
-                 "prior_ids": prior.get(p.id, [])}
-                for p in session.scalars(select(Patient).order_by(Patient.patient_name, Patient.id))]
+                 "prior_ids": prior.get(p.id, [])} for p in patients], total

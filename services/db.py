@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Select, create_engine, event, func, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -121,3 +121,12 @@ def run_in_transaction(
             LOG.info("transaction conflict (%s), retry %d in %.2fs", exc.__class__.__name__, attempt, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def first_rows(session: Session, stmt: Select, limit: int | None) -> tuple[list, int]:
+    """The first ``limit`` rows of ``stmt`` (all for None) and how many
+    matched in all (counted only when the page is full)."""
+    rows = list(session.execute(stmt.limit(limit) if limit else stmt))
+    if limit is None or len(rows) < limit:
+        return rows, len(rows)
+    return rows, session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())) or 0

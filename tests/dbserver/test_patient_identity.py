@@ -82,7 +82,7 @@ def test_identifier_change_and_bad_identity_messages(cluster: Cluster, tmp_path:
     assert "PX1" not in found and found["PX2"]["prior_ids"][0]["patient_id"] == "PX1"
     assert _study(cluster, uid)["patient_id"] == "PX2"
     assert export_one(cluster, uid, tmp_path / "exp").PatientID == "PX2"
-    log = {m["message_control_id"]: m["ack_code"] for m in cluster.pacs_json("ris", "messages")}
+    log = {m["message_control_id"]: m["ack_code"] for m in cluster.pacs_json("ris", "log")}
     assert log["ID-A47"] == "AA" and log["BAD-1"] == "AE"
 
 

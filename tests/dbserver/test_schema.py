@@ -13,7 +13,7 @@ from sqlalchemy import inspect
 
 from dbserver.models import Base
 from dbserver.schema import MIGRATIONS, head_revision, upgrade
-from dbserver.worklist import OrderFields, create_order, list_orders
+from dbserver.worklist import OrderFields, create_order, find_orders
 from services.db import get_engine
 from services.settings import Settings
 
@@ -37,6 +37,6 @@ def test_orders_survive_a_step_down_and_up(make_settings: Callable[..., Settings
         command.downgrade(cfg, "0006")
     assert "procedure_code_value" not in {c["name"] for c in inspect(engine).get_columns("orders")}
     assert upgrade(settings) == head_revision()
-    [order] = list_orders(settings)
+    [order], _ = find_orders(settings)
     assert (order["accession_number"], order["patient_name"]) == ("OLD-1", "OLD^OTTO")
     assert (order["procedure_code_value"], order["procedure_coding_scheme"]) == ("", "")

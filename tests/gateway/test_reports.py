@@ -71,7 +71,7 @@ def test_report_waits_for_the_ris_survives_a_restart_and_arrives_once(
         assert [oru.unescape(str(s[5])) for s in obx[1:]] == [
             "FINDINGS: No acute abnormality.", "", "IMPRESSION: Normal | chest ^ CT."]
         assert [str(s[1]) for s in obx] == ["1", "2", "3", "4"]
-        log = [m for m in c.pacs_json("ris", "messages") if m["direction"] == "out"]
+        log = [m for m in c.pacs_json("ris", "log") if m["direction"] == "out"]
         assert log[0]["message_control_id"] == control_id and log[0]["ack_code"] == "AA"
 
         # a RIS that answers AE gets the same message again until it answers AA
