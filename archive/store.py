@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import time
 from pathlib import Path
 
 from sqlalchemy import delete, select, update
@@ -21,6 +23,7 @@ from services.storage import FileSystemStore, object_key
 
 LOG = logging.getLogger(__name__)
 TIER_CACHE = "cache"
+_INBOX_OBJECT = re.compile(r"^([0-9a-f]{64})\.dcm$")
 
 
 def cache_store(settings: Settings | None = None) -> FileSystemStore:
@@ -129,6 +132,43 @@ def accept_from_inbox(announced: list[list], settings: Settings | None = None) -
             taken.append((sha, key, sizes[key]))
     record_copies(taken, settings=settings)
     return len(taken) + len(kept)
+
+
+def sweep_inbox(settings: Settings | None = None, now: float | None = None) -> dict[str, int]:
+    """Take up what was left in the inbox: an object linked in whose
+    announcement never came (the broker was down, and the sender's spool
+    file was confirmed by an earlier copy, so nothing resends it) is taken
+    like an announced one, re-hashed (or only dropped if the cache holds it
+    already); an HTTP upload's temporary file left by a crash is deleted.
+    Only files whose inode changed ``PACS_ARCHIVE_INBOX_STALE_SECONDS`` ago
+    or more (a hard link counts as a change) are touched, so work in flight
+    is left alone; taking one twice is harmless (an object the cache holds
+    is only recorded).
+    Returns what was taken and deleted."""
+    settings = settings or get_settings()
+    inbox = settings.archive_inbox_path
+    limit = (time.time() if now is None else now) - settings.archive_inbox_stale_seconds
+    taken = deleted = 0
+    try:
+        entries = list(os.scandir(inbox))
+    except FileNotFoundError:
+        return {"taken": 0, "deleted": 0}
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if st.st_ctime > limit or not entry.is_file(follow_symlinks=False):
+                continue
+            match = _INBOX_OBJECT.match(entry.name)
+            if match:
+                taken += accept_from_inbox([[match.group(1), st.st_size]], settings)
+            elif entry.name.startswith(".http.") and entry.name.endswith(".tmp"):
+                os.unlink(entry.path)
+                deleted += 1
+        except FileNotFoundError:
+            continue  # taken meanwhile by its own task
+    if taken or deleted:
+        LOG.warning("archive inbox: %d unannounced objects taken, %d stale uploads deleted", taken, deleted)
+    return {"taken": taken, "deleted": deleted}
 
 
 def delete_purged(settings: Settings | None = None, limit: int = 500) -> int:

@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     study_stable_seconds: float = Field(60.0, ge=0)
     spool_resend_seconds: float = Field(30.0, gt=0)
     sweep_interval_seconds: float = Field(5.0, gt=0)
+    # an archive inbox file untouched this long is taken up by the archive's
+    # sweep (its announcement was lost): archive.store.sweep_inbox
+    archive_inbox_stale_seconds: float = Field(3600.0, gt=0)
     worker_concurrency: int = Field(1, ge=1, le=64)
     # archive and index workers yield the CPU to the DICOM listeners during a
     # burst: a modality waits on the acknowledgement, nobody on the index

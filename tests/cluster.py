@@ -136,6 +136,8 @@ class Cluster:
             "PACS_HL7_PORT": str(self.hl7_port),
             "PACS_STUDY_STABLE_SECONDS": "2",
             "PACS_SPOOL_RESEND_SECONDS": "5",
+            # resends every 5 s may leave a second link in the archive inbox; the sweep takes it up
+            "PACS_ARCHIVE_INBOX_STALE_SECONDS": "10",
             "PYTHONUNBUFFERED": "1",
             "COLUMNS": "200",  # tables and messages printed whole for the tests to read
         })
