@@ -18,6 +18,7 @@ import select
 import socket
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ LOG = logging.getLogger(__name__)
 
 UNRECOGNIZED_OPERATION = 0x0211  # PS3.7 C.4
 ARTIM_SECONDS = 30.0
+REJECT_LINGER_SECONDS = 5.0  # how long a rejected requestor has to close the connection
 ACCEPT_BACKOFF_SECONDS = 0.003
 
 Handler = Callable[[Any], "int | Dataset"]
@@ -192,8 +194,7 @@ class Association:
         rq = P.decode_associate_rq(bytes(body))
         cfg = self.config
         if over_limit:
-            self._send(P.encode_associate_rj(P.RJ_TRANSIENT, P.RJ_SOURCE_PROVIDER_PRESENTATION,
-                                             P.RJ_REASON_LOCAL_LIMIT_EXCEEDED))
+            self._send_rj(P.RJ_TRANSIENT, P.RJ_SOURCE_PROVIDER_PRESENTATION, P.RJ_REASON_LOCAL_LIMIT_EXCEEDED)
             return False
         if rq.application_context != P.APPLICATION_CONTEXT:
             self._reject(P.RJ_REASON_APPLICATION_CONTEXT, f"application context {rq.application_context!r}", rq)
@@ -203,8 +204,7 @@ class Association:
         except Exception as exc:  # noqa: BLE001 - the node list cannot be read: nobody in unchecked
             LOG.error("association from %s (%s:%s) rejected for now: cannot check its AE title: %s",
                       rq.calling_ae_title, *self.address[:2], exc)
-            self._send(P.encode_associate_rj(P.RJ_TRANSIENT, P.RJ_SOURCE_PROVIDER_PRESENTATION,
-                                             P.RJ_REASON_TEMPORARY_CONGESTION))
+            self._send_rj(P.RJ_TRANSIENT, P.RJ_SOURCE_PROVIDER_PRESENTATION, P.RJ_REASON_TEMPORARY_CONGESTION)
             return False
         if not known:
             self._reject(P.RJ_REASON_CALLING_AE, "calling AE title not recognized", rq)
@@ -234,7 +234,23 @@ class Association:
 
     def _reject(self, reason: int, why: str, rq: P.AssociateRQ) -> None:
         LOG.warning("association from %s (%s:%s) rejected: %s", rq.calling_ae_title, *self.address[:2], why)
-        self._send(P.encode_associate_rj(P.RJ_PERMANENT, P.RJ_SOURCE_USER, reason))
+        self._send_rj(P.RJ_PERMANENT, P.RJ_SOURCE_USER, reason)
+
+    def _send_rj(self, result: int, source: int, reason: int) -> None:
+        """Send A-ASSOCIATE-RJ, then wait for the requestor to close the
+        connection (PS3.8 Sta13, at most :data:`REJECT_LINGER_SECONDS`).
+        Closing at once could reset the connection before the peer has read
+        the rejection, which it would then see as an abort."""
+        self._send(P.encode_associate_rj(result, source, reason))
+        deadline = time.monotonic() + REJECT_LINGER_SECONDS
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+            while (left := deadline - time.monotonic()) > 0:
+                self.sock.settimeout(left)
+                if not self.sock.recv(4096):
+                    break
+        except OSError:  # timed out, or already closed by the peer
+            pass
 
     def _serve(self) -> None:
         """P-DATA until A-RELEASE or A-ABORT (PS3.8 §9.3.5–9.3.8)."""
