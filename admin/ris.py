@@ -31,21 +31,18 @@ def _bad(value: str, what: str) -> ValueError:
 
 def _date_range(value: str) -> tuple[datetime | None, datetime | None]:
     """``YYYYMMDD``, ``YYYYMMDD-YYYYMMDD``, ``YYYYMMDD-`` or ``-YYYYMMDD``
-    (DICOM range matching) as [start, end) on a scheduled start, which is
-    the site's wall-clock time labelled UTC."""
-    low, dash, high = value.strip().partition("-")
+    as the worklist matches a scheduled start (:func:`dbserver.worklist.date_range`),
+    held to whole dates, at least one end, in order."""
+    from dbserver.worklist import date_range
+
+    low, _, high = value.strip().partition("-")
+    what = "a date YYYYMMDD or a range YYYYMMDD-YYYYMMDD"
+    if not (low or high) or any(part and not re.fullmatch(r"\d{8}", part) for part in (low, high)):
+        raise _bad(value, what)
     try:
-        if any(part and not re.fullmatch(r"\d{8}", part) for part in (low, high)):
-            raise ValueError(value)
-        start = datetime.strptime(low, "%Y%m%d").replace(tzinfo=timezone.utc) if low else None
-        last = datetime.strptime(high, "%Y%m%d").replace(tzinfo=timezone.utc) if high else None
+        start, end = date_range(value.strip()) or (None, None)
     except ValueError:
-        raise _bad(value, "a date YYYYMMDD or a range YYYYMMDD-YYYYMMDD") from None
-    if not dash:
-        last = start
-    if start is None and last is None:
-        raise _bad(value, "a date YYYYMMDD or a range YYYYMMDD-YYYYMMDD")
-    end = last + timedelta(days=1) if last else None
+        raise _bad(value, what) from None
     if start and end and start >= end:
         raise ValueError(f"the range {value!r} ends before it starts")
     return start, end

@@ -134,7 +134,7 @@ def _wildcard(pattern: str, value: str, ignore_case: bool = False) -> bool:
     return re.fullmatch(regex, value, re.IGNORECASE if ignore_case else 0) is not None
 
 
-def _date_range(value: str) -> tuple[datetime | None, datetime | None] | None:
+def date_range(value: str) -> tuple[datetime | None, datetime | None] | None:
     """A DA matching key as [low, high) datetimes, either end open: a single
     date or a range (PS3.4 C.2.2.2.5)."""
     value = value.replace(".", "")
@@ -177,7 +177,7 @@ def worklist_matches(settings: Settings, query: Dataset) -> list[Dataset]:
     sps_query = query.ScheduledProcedureStepSequence[0] if query.get("ScheduledProcedureStepSequence") else Dataset()
     issuer_query = query.IssuerOfAccessionNumberSequence[0] if query.get("IssuerOfAccessionNumberSequence") \
         else Dataset()
-    dates = _date_range(_text(sps_query, "ScheduledProcedureStepStartDate"))
+    dates = date_range(_text(sps_query, "ScheduledProcedureStepStartDate"))
     times = _time_range(_text(sps_query, "ScheduledProcedureStepStartTime"))
     with unit_of_work(settings) as session:
         stmt = (select(Order, Patient).join(Patient, Order.patient_fk == Patient.id)

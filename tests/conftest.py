@@ -106,6 +106,23 @@ def make_cluster(tmp_path: Path) -> Iterator:
         c.destroy()
 
 
+@pytest.fixture
+def db(make_cluster: Callable[..., Cluster]) -> Iterator[tuple[Cluster, Settings]]:
+    """A cluster's PostgreSQL database, migrated; its services are not
+    started (for the ``pacs`` commands that work on the database alone)."""
+    from dbserver.schema import upgrade
+    from services.db import dispose_engines
+    from services.settings import load_settings
+
+    c = make_cluster("postgres")
+    settings = load_settings(data_dir=c.data_dir, database_url=c.env["PACS_DATABASE_URL"])
+    upgrade(settings)
+    try:
+        yield c, settings
+    finally:
+        dispose_engines()
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator:
     """A local S3-compatible server (moto) for the whole run; tests take a

@@ -8,30 +8,15 @@ asks, and a pending study's attempts in ``pacs study show``."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 
-import pytest
 from sqlalchemy import select, update
 
 from dbserver.models import Study
 from dbserver.registration import register_instances
-from dbserver.schema import upgrade
-from services.db import dispose_engines, unit_of_work
-from services.settings import Settings, load_settings
+from services.db import unit_of_work
+from services.settings import Settings
 from tests.cluster import Cluster
 from tests.dbserver.test_issuers import _order, _study
-
-
-@pytest.fixture
-def db(make_cluster: Callable[..., Cluster]) -> Iterator[tuple[Cluster, Settings]]:
-    """A cluster's PostgreSQL database, migrated; its services are not started."""
-    c = make_cluster("postgres")
-    settings = load_settings(data_dir=c.data_dir, database_url=c.env["PACS_DATABASE_URL"])
-    upgrade(settings)
-    try:
-        yield c, settings
-    finally:
-        dispose_engines()
 
 
 def _audits(c: Cluster, action: str) -> list[tuple[str, dict]]:

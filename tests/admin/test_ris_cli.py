@@ -9,28 +9,13 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator
 
 import pytest
 
-from dbserver.schema import upgrade
 from gateway.hl7 import respond
-from services.db import dispose_engines
-from services.settings import Settings, load_settings
+from services.settings import Settings
 from tests.cluster import Cluster
 from tests.ris import adt, orm
-
-
-@pytest.fixture
-def db(make_cluster: Callable[..., Cluster]) -> Iterator[tuple[Cluster, Settings]]:
-    """A cluster's PostgreSQL database, migrated; its services are not started."""
-    c = make_cluster("postgres")
-    settings = load_settings(data_dir=c.data_dir, database_url=c.env["PACS_DATABASE_URL"])
-    upgrade(settings)
-    try:
-        yield c, settings
-    finally:
-        dispose_engines()
 
 
 def _apply(s: Settings, *messages: str) -> None:
