@@ -46,6 +46,16 @@ def release_redis_db(n: int) -> None:
     redis_lib.Redis.from_url(f"{REDIS_URL}/0").delete(f"pacs-test:db:{n}")
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the test process dies (a
+    killed pytest would otherwise leave its clusters running, their workers
+    taking messages from Redis databases that later runs claim again)."""
+    if sys.platform == "linux":
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def wait_until(what: Callable[[], Any], timeout: float = 60.0, step: float = 0.3) -> Any:
     """Poll ``what`` until it returns something true, and return that;
     TimeoutError after ``timeout`` seconds."""
@@ -153,7 +163,8 @@ class Cluster:
     def start(self, timeout: float = 60.0) -> Cluster:
         self._log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen([sys.executable, "-m", "admin.cli", "up"], env=self.env,
-                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=_die_with_parent)
         self.wait_ready(timeout)
         return self
 

@@ -24,6 +24,16 @@ from tests.cluster import (
 )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Compile the wavelet coder (numba, cached on disk) once, in the main
+    process, before the workers start: on a fresh checkout every worker and
+    every cluster's curator would otherwise compile it at the same time."""
+    if hasattr(config, "workerinput"):  # an xdist worker: the main process did it
+        return
+    from curator.service import warm_up
+    warm_up()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def make_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Settings]]:
     """Settings on a fresh, migrated database (SQLite, then PostgreSQL), for
