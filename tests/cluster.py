@@ -58,13 +58,16 @@ def _die_with_parent() -> None:
 
 def wait_until(what: Callable[[], Any], timeout: float = 60.0, step: float = 0.3) -> Any:
     """Poll ``what`` until it returns something true, and return that;
-    TimeoutError after ``timeout`` seconds."""
+    TimeoutError after ``timeout`` seconds. A check that takes long (a
+    ``pacs`` command: a second of CPU to start) waits as long again before
+    the next, so that polling leaves the cluster under test a core."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        started = time.monotonic()
         value = what()
         if value:
             return value
-        time.sleep(step)
+        time.sleep(max(step, time.monotonic() - started))
     raise TimeoutError(f"not so after {timeout}s")
 
 
@@ -288,19 +291,34 @@ class Cluster:
 
     def wait_indexed(self, n_instances: int, timeout: float = 120.0, archived: bool = True) -> dict[str, Any]:
         """Wait until the index holds ``n_instances`` and (by default) each
-        has a verified cache copy and the spool is empty."""
+        has a verified cache copy and the spool is empty; returns ``pacs
+        status --json`` then. Polled with one SQL query and a look at the
+        spool folder: a ``pacs status`` every half second would keep one of
+        the machine's cores busy starting Python."""
+        def done(instances: int, copies: int, spooled: int) -> bool:
+            return instances >= n_instances and (not archived or (copies >= n_instances and spooled == 0))
+
         deadline = time.monotonic() + timeout
         status: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            status = self.status()
-            c = status["counts"]
-            done = c["instances"] >= n_instances
-            if archived:
-                done = done and c["archived_objects"] >= n_instances and status["spool"]["files"] == 0
-            if done:
-                return status
-            time.sleep(0.5)
-        raise TimeoutError(f"not indexed in {timeout}s: {status}\n{self.log()[-3000:]}")
+            if done(*self._progress()):
+                status = self.status()
+                c = status["counts"]
+                if done(c["instances"], c["archived_objects"], status["spool"]["files"]):
+                    return status
+            time.sleep(0.3)
+        raise TimeoutError(f"not indexed in {timeout}s: {status or self._progress()}\n{self.log()[-3000:]}")
+
+    def _progress(self) -> tuple[int, int, int]:
+        """Instances indexed, verified cache copies, files in the spool."""
+        try:
+            (instances,), = self.sql("SELECT count(*) FROM instances")
+            (copies,), = self.sql("SELECT count(*) FROM object_copies WHERE tier = 'cache' AND verified_at IS NOT NULL")
+        except (psycopg.Error, sqlite3.Error):  # the schema not there yet
+            return 0, 0, 0
+        spool = Path(self.env.get("PACS_SPOOL_DIR") or self.data_dir / "spool")
+        spooled = sum(name.endswith(".dcm") for _, _, names in os.walk(spool) for name in names)
+        return instances, copies, spooled
 
 
 _TS_OPTION = {
