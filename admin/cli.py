@@ -281,7 +281,7 @@ def export(
     or rejected study is refused unless --force."""
     from dbserver.corrections import outgoing
     from dbserver.validation import HIDDEN
-    from services.dicom import check_uid
+    from services.uids import check_uid
     from services.transfer import fetch
 
     settings = _settings()

@@ -27,7 +27,7 @@ def curate(
     from curator.webcache import FAILED, QUEUED
     from dbserver.models import Instance, Series, Study
     from services.db import unit_of_work
-    from services.dicom import check_uid
+    from services.uids import check_uid
     from services.errors import PacsError
 
     settings = settings_or_exit()

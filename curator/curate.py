@@ -39,7 +39,7 @@ from curator.webcache import (
 )
 from dbserver.models import Instance, ObjectCopy, Series, Study, WebcacheEntry, WebcacheSeries, utcnow
 from services.db import run_in_transaction, unit_of_work
-from services.dicom import check_uid
+from services.uids import check_uid
 from services.errors import PacsError
 from services.settings import Settings
 from services.sqlutil import insert_ignore

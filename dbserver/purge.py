@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from dbserver.models import Change, Instance, ObjectCopy, Series, Study, SupersededObject, utcnow
 from dbserver.queries import audit
 from dbserver.validation import REJECTED
-from services.dicom import check_uid
+from services.uids import check_uid
 
 
 def purge_study(session: Session, study_uid: str, actor: str, reason: str) -> dict[str, Any]:

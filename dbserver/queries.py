@@ -23,7 +23,7 @@ from dbserver.models import (
 from dbserver.registration import NO_PATIENT_ID
 from dbserver.validation import ACCEPTED, DEMOGRAPHICS, HIDDEN, QUARANTINED, RECONCILED, REJECTED
 from services.db import run_in_transaction, unit_of_work
-from services.dicom import check_uid
+from services.uids import check_uid
 from services.settings import Settings
 
 

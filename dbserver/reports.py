@@ -21,7 +21,7 @@ from dbserver.queries import audit
 from dbserver.registration import NO_PATIENT_ID
 from dbserver.validation import HIDDEN
 from services.db import run_in_transaction, unit_of_work
-from services.dicom import check_uid
+from services.uids import check_uid
 from services.mllp import escape, hl7_timestamp, xpn
 from services.settings import Settings
 

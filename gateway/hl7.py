@@ -45,7 +45,7 @@ from dbserver.patients import PatientIdentityError, change_patient_id, merge_pat
 from dbserver.validation import revalidate_accession
 from dbserver.worklist import CANCELLED, COMPLETED, SCHEDULED, OrderFields, save_order, save_patient
 from services.db import run_in_transaction
-from services.dicom import is_valid_uid
+from services.uids import is_valid_uid
 from services.mllp import VT, CharsetError, FrameReader, FrameTooLarge, declared_charset, decode_message, escape, frame
 from services.net import accept_loop
 from services.settings import Settings
