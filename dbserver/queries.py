@@ -20,7 +20,7 @@ from dbserver.models import (
     Study,
     utcnow,
 )
-from dbserver.registration import NO_PATIENT_ID
+from dbserver.patients import NO_PATIENT_ID
 from dbserver.validation import ACCEPTED, DEMOGRAPHICS, HIDDEN, QUARANTINED, RECONCILED, REJECTED
 from services.db import run_in_transaction, unit_of_work
 from services.uids import check_uid
