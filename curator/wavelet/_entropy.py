@@ -392,6 +392,71 @@ def _adapt(cdf, cnt, ctx, s, mant):
             cdf[_u(ctx), _u(t)] += (tgt - cdf[_u(ctx), _u(t)]) >> FAST_RATE
 
 
+# --- the context of a coefficient --------------------------------------------
+# Encoder and decoder must agree on every context: both take them from these.
+
+
+@nb.njit(inline="always")
+def _context(mp, oth, i, j, cols, gbase):
+    """The context of position (i, j) of a band from the magnitudes coded
+    before it (``mp``, offset by 2 rows and 2 columns) and the parent/cross
+    activity ``oth``: (n, ctx, k). Where the context is all zero, run mode:
+    ``n`` (1..RUN_MAX) quiet positions from j on (ctx, k unused); else
+    ``n`` is 0, ``ctx`` the class table and ``k`` the shift."""
+    r = i + 2
+    k2 = j + 2
+    local = (
+        2 * (np.int64(mp[_u(r), _u(k2 - 1)]) + mp[_u(r - 1), _u(k2)])
+        + mp[_u(r - 1), _u(k2 - 1)]
+        + mp[_u(r - 1), _u(k2 + 1)]
+        + ((np.int64(mp[_u(r), _u(k2 - 2)]) + mp[_u(r - 2), _u(k2)]) >> 1)
+    )
+    qo = _qlog(np.int64(oth[_u(i), _u(j)])) >> 1
+    ql = min(_qlog(local), NQL - 1)
+    qp = min(qo, NQP - 1)
+    n = 0
+    ctx = gbase + ql * NQP + qp
+    k = max(0, (ql - SHIFT_BASE) >> 1)
+    if ql == 0 and qp == 0:
+        n = 1
+        lim = min(RUN_MAX, cols - j)
+        # quiet: the position would have the zero context if its west
+        # neighbours were 0. The loop has a single exit (no break): with a
+        # second one numba keeps a reference count update of mp and oth
+        # per coefficient, which costs about a quarter of the coding speed.
+        while n < lim:
+            p = j + n + 2
+            if (mp[_u(r - 1), _u(p - 1)] | mp[_u(r - 1), _u(p)] | mp[_u(r - 1), _u(p + 1)]) != 0 or mp[_u(r - 2), _u(p)] > 1 or oth[_u(i), _u(p - 2)] > 1:
+                lim = n  # not quiet: the run ends before p
+            else:
+                n += 1
+    return n, ctx, k
+
+
+@nb.njit(inline="always")
+def _class_bits(q, k):
+    """From the coded class ``q`` (escape extension included; with k > 0
+    class 0 is the zero alone) and the shift ``k``: (the class of |v| >> k,
+    nm, nr): nm bits of |v| >> k below its class, nr = k + nm bits of |v|
+    below what the class says (none for a zero)."""
+    zero = q == 0
+    if k > 0 and q > 0:
+        q -= 1  # class of |v| >> k (0: 0 < |v| < 2**k)
+    nm = ((q >> 1) - 1) if q >= 2 else 0
+    nr = 0 if zero else k + nm
+    return q, nm, nr
+
+
+@nb.njit(inline="always")
+def _mant_ctx(group, q, k, nr):
+    """Mantissa mode, ``nr`` > 0 bits below class ``q`` (shift ``k``): the
+    table of the top ``w`` of them (group, class, shift); return (table,
+    w, the bits left for the raw stream)."""
+    w = min(nr, MANT_BITS)
+    ctx = (group * MANT_Q + min(q, MANT_Q - 1)) * MANT_K + min(k, MANT_K - 1)
+    return ctx, w, nr - w
+
+
 @nb.njit(inline="always")
 def _encode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, predict, mant):
     """Code one band; return True if ``ac`` is too small (nothing usable
@@ -418,25 +483,10 @@ def _encode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
         j = 0
         while j < cols:
             k2 = j + 2
-            local = (
-                2 * (np.int64(mp[_u(r), _u(k2 - 1)]) + mp[_u(r - 1), _u(k2)])
-                + mp[_u(r - 1), _u(k2 - 1)]
-                + mp[_u(r - 1), _u(k2 + 1)]
-                + ((np.int64(mp[_u(r), _u(k2 - 2)]) + mp[_u(r - 2), _u(k2)]) >> 1)
-            )
-            qo = _qlog(np.int64(oth[_u(i), _u(j)])) >> 1
-            ql = min(_qlog(local), NQL - 1)
-            qp = min(qo, NQP - 1)
-            if ql == 0 and qp == 0:
-                # run mode: the zeros among the next quiet positions, then
+            n, ctx, k = _context(mp, oth, i, j, cols, gbase)
+            if n > 0:
+                # run mode: the zeros among the next n quiet positions, then
                 # (if the run stops at a quiet position) a known nonzero
-                n = 1
-                lim = min(RUN_MAX, cols - j)
-                while n < lim:  # quiet: the position would have the zero context if its west neighbours were 0
-                    p = j + n + 2
-                    if (mp[_u(r - 1), _u(p - 1)] | mp[_u(r - 1), _u(p)] | mp[_u(r - 1), _u(p + 1)]) != 0 or mp[_u(r - 2), _u(p)] > 1 or oth[_u(i), _u(p - 2)] > 1:
-                        break
-                    n += 1
                 run = 0
                 while run < n:
                     v = np.int64(band[_u(i), _u(j + run)])
@@ -454,9 +504,6 @@ def _encode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
                 k2 = j + 2
                 ctx = RUNI_BASE + group
                 k = 0
-            else:
-                ctx = gbase + ql * NQP + qp
-                k = max(0, (ql - SHIFT_BASE) >> 1)
             v = np.int64(band[_u(i), _u(j)])
             if predict:
                 v -= _med(band, i, j)
@@ -477,17 +524,11 @@ def _encode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
                     raw[_u(rpos)] = (racc >> rbits) & 0xFF
                     rpos += 1
                 racc &= (np.int64(1) << rbits) - 1
-            if k > 0 and mag != 0:
-                q -= 1
-            nr = k + (((q >> 1) - 1) if q >= 2 else 0)
-            if mag == 0:
-                nr = 0
+            q, _, nr = _class_bits(q, k)
             if mant and nr > 0:
                 # the top bits below the class through a table of (group, class, shift)
-                w = min(nr, MANT_BITS)
-                nr -= w
+                ctx, w, nr = _mant_ctx(group, q, k, nr)
                 s = (mag >> nr) & ((1 << w) - 1)
-                ctx = (group * MANT_Q + min(q, MANT_Q - 1)) * MANT_K + min(k, MANT_K - 1)
                 low, rng, cache, csize, apos = _enc_sym(
                     mcdf, mcnt, ctx, s, fs, mant, ac, low, rng, cache, csize, apos
                 )
@@ -571,23 +612,8 @@ def _decode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
         j = 0
         while j < cols:
             k2 = j + 2
-            local = (
-                2 * (np.int64(mp[_u(r), _u(k2 - 1)]) + mp[_u(r - 1), _u(k2)])
-                + mp[_u(r - 1), _u(k2 - 1)]
-                + mp[_u(r - 1), _u(k2 + 1)]
-                + ((np.int64(mp[_u(r), _u(k2 - 2)]) + mp[_u(r - 2), _u(k2)]) >> 1)
-            )
-            qo = _qlog(np.int64(oth[_u(i), _u(j)])) >> 1
-            ql = min(_qlog(local), NQL - 1)
-            qp = min(qo, NQP - 1)
-            if ql == 0 and qp == 0:
-                n = 1
-                lim = min(RUN_MAX, cols - j)
-                while n < lim:  # quiet: the position would have the zero context if its west neighbours were 0
-                    p = j + n + 2
-                    if (mp[_u(r - 1), _u(p - 1)] | mp[_u(r - 1), _u(p)] | mp[_u(r - 1), _u(p + 1)]) != 0 or mp[_u(r - 2), _u(p)] > 1 or oth[_u(i), _u(p - 2)] > 1:
-                        break
-                    n += 1
+            n, ctx, k = _context(mp, oth, i, j, cols, gbase)
+            if n > 0:
                 run, rng, code, apos = _dec_sym_packed(cdf, cnt, rbase + n - 1, mant, ac, nac, rng, code, apos)
                 if run > n:
                     bad = True
@@ -602,8 +628,6 @@ def _decode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
                 k = 0
                 ends_run = True
             else:
-                ctx = gbase + ql * NQP + qp
-                k = max(0, (ql - SHIFT_BASE) >> 1)
                 ends_run = False
             s, rng, code, apos = _dec_sym_packed(cdf, cnt, ctx, mant, ac, nac, rng, code, apos)
             q = s
@@ -626,21 +650,11 @@ def _decode_core(st, ac, raw, cdf, cnt, mcdf, mcnt, sgn, band, mp, oth, group, p
                         break
                 if bad:
                     break
-            zero = q == 0
-            if k > 0 and q > 0:
-                q -= 1  # class of |v| >> k (0: 0 < |v| < 2**k)
-            if q < 2:
-                top = np.int64(q)
-                nm = 0
-            else:
-                nm = (q >> 1) - 1
-                top = np.int64(2 | (q & 1)) << nm
-            nr = 0 if zero else k + nm
+            q, nm, nr = _class_bits(q, k)
+            top = np.int64(q) if q < 2 else np.int64(2 | (q & 1)) << nm
             mag = top << k
             if mant and nr > 0:
-                w = min(nr, MANT_BITS)
-                nr -= w
-                ctx = (group * MANT_Q + min(q, MANT_Q - 1)) * MANT_K + min(k, MANT_K - 1)
+                ctx, w, nr = _mant_ctx(group, q, k, nr)
                 s, rng, code, apos = _dec_sym_packed(mcdf, mcnt, ctx, mant, ac, nac, rng, code, apos)
                 if s >> w:  # a w-bit mantissa
                     bad = True
