@@ -14,8 +14,12 @@ from rich.table import Table
 from services.errors import PacsError
 from services.settings import Settings, get_settings
 
+# Into a pipe or a file, lines are written whole (a UID is never cut or
+# wrapped at 80 columns); on a terminal, messages wrap at its width.
 out = Console()
+out.soft_wrap = not out.is_terminal
 err = Console(stderr=True)
+err.soft_wrap = not err.is_terminal
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
@@ -66,7 +70,20 @@ def rows(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
         table.add_column(col.replace("_", " "))
     for row in rows:
         table.add_row(*(_cell(row.get(c)) for c in columns))
-    out.print(table)
+    print_table(table)
+
+
+def print_table(table: Table) -> None:
+    """Print a table at its natural width, however narrow the terminal or
+    pipe: a UID, an accession number or a path is never shortened to "…"
+    (the terminal wraps a line that is too long)."""
+    natural = out.measure(table, options=out.options.update_width(100_000)).maximum
+    width = out.width
+    out.width = max(width, natural)
+    try:
+        out.print(table)
+    finally:
+        out.width = width
 
 
 def ready(settings: Settings) -> None:

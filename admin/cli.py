@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 
 from admin import ris, webcache
-from admin._common import JsonOpt, err, fail as _fail, out, print_json as _print_json, ready as _ready
+from admin._common import JsonOpt, err, fail as _fail, out, print_json as _print_json, print_table, ready as _ready
 from admin._common import rows as _rows, settings_or_exit as _settings, study_or_fail as _study_or_fail
 from services.errors import PacsError
 from services.settings import Settings
@@ -161,7 +161,7 @@ def status(as_json: JsonOpt = False) -> None:
     for name, info in services.items():
         table.add_row(name, "[green]up[/green]" if info["up"] else "[red]down[/red]",
                       ", ".join(f"{p['host']}:{p['pid']}" for p in info["processes"]))
-    out.print(table)
+    print_table(table)
     out.print("queues: " + ", ".join(f"{q}={n if n is not None else '?'}" for q, n in data["queues"].items()))
     out.print("index:  " + ", ".join(f"{k}={v}" for k, v in data["counts"].items()))
     out.print(f"spool:  {data['spool']['files']} files, {data['spool']['bytes'] / 1e6:.1f} MB")
@@ -234,7 +234,7 @@ def study_list(as_json: JsonOpt = False,
         table.add_row(s["study_instance_uid"], s["patient_id"], s["patient_name"], s["accession_number"],
                       s["study_date"], "/".join(s["modalities"]), str(s["num_series"]),
                       str(s["num_instances"]), "yes" if s["stable"] else "no")
-    out.print(table)
+    print_table(table)
 
 
 @study_app.command("show")

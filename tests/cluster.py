@@ -140,7 +140,8 @@ class Cluster:
         self.http_port = free_port()
         self.hl7_port = free_port()
         self.log_path = self.root / "pacs-up.log"
-        self.env = dict(os.environ)
+        # no COLUMNS: the commands write into a pipe, as a script reads them
+        self.env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
         self.env.update({
             "PACS_DATA_DIR": str(self.data_dir),
             "PACS_DICOM_PORT": str(self.dicom_port),
@@ -152,7 +153,6 @@ class Cluster:
             # resends every 5 s may leave a second link in the archive inbox; the sweep takes it up
             "PACS_ARCHIVE_INBOX_STALE_SECONDS": "10",
             "PYTHONUNBUFFERED": "1",
-            "COLUMNS": "200",  # tables and messages printed whole for the tests to read
         })
         if self.backend == "postgres":
             self.pg_db = create_pg_database()

@@ -21,9 +21,8 @@ IMPORTED = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm"]  # distinct SOP Inst
 
 @pytest.fixture(scope="module")
 def c(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """One cluster for the module; each test leaves what others check alone.
-    A wide terminal, so that long paths in messages are not wrapped."""
-    cluster = Cluster(tmp_path_factory.mktemp("cli"), "embedded", extra_env={"COLUMNS": "300"})
+    """One cluster for the module; each test leaves what others check alone."""
+    cluster = Cluster(tmp_path_factory.mktemp("cli"), "embedded")
     try:
         yield cluster.start()
     finally:
@@ -131,6 +130,31 @@ def test_import_folder_then_export(c: Cluster, tmp_path: Path) -> None:
         f"a re-imported identical file must be reported as already stored: {again.stdout}"
 
 
+def test_tables_and_messages_are_never_cut(c: Cluster, tmp_path: Path) -> None:
+    """Into a pipe, however narrow the terminal says it is, a table keeps
+    every UID, name and count whole (no "…"), and a long message is one
+    line: scripts read what they are given."""
+    folder = tmp_path / "deep" / ("a-folder-with-a-long-name-" * 4)
+    folder.mkdir(parents=True)
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
+    (folder / "broken.dcm").write_bytes(b"DICM" * 10)
+    narrow = dict(c.env, COLUMNS="40")
+    res = subprocess.run([sys.executable, "-m", "admin.cli", "import", str(folder)], env=narrow,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1, (res.stdout, res.stderr)
+    assert any(str(folder / "broken.dcm") in line for line in res.stdout.splitlines()), res.stdout
+    c.wait_indexed(1, archived=False)
+
+    listed = subprocess.run([sys.executable, "-m", "admin.cli", "study", "list"], env=narrow,
+                            capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "…" not in listed, listed
+    lines = listed.splitlines()
+    for study in c.studies():
+        row = next((line for line in lines if study["study_instance_uid"] in line), None)
+        assert row is not None, (study["study_instance_uid"], listed)
+        assert study["patient_name"] in row and f" {study['num_instances']} " in row, (study, row)
+
+
 def test_import_only_good_files_exits_zero(c: Cluster, tmp_path: Path) -> None:
     shutil.copy(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"), tmp_path / "one.dcm")
     res = c.pacs("import", str(tmp_path / "one.dcm"), check=False)
@@ -161,7 +185,7 @@ def test_unknown_or_malformed_study_uid(c: Cluster, tmp_path: Path, command: str
                                                  ("PACS_HL7_DEFAULT_CHARSET", "EBCDIC")])
 def test_bad_setting_exits_2_naming_it(tmp_path: Path, variable: str, value: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PACS_")}
-    env.update(PACS_DATA_DIR=str(tmp_path / "data"), COLUMNS="300", **{variable: value})
+    env.update(PACS_DATA_DIR=str(tmp_path / "data"), **{variable: value})
     res = subprocess.run([sys.executable, "-m", "admin.cli", "status"], env=env, capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
