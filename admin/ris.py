@@ -467,6 +467,7 @@ def report_add(
     study_uid: str,
     file: Annotated[typer.FileText, typer.Option("--file", help="the report text ('-' for standard input)")],
     author: Annotated[str, typer.Option(help="the reporting radiologist")],
+    as_json: JsonOpt = False,
 ) -> None:
     """Add a final report to a study; it goes to the RIS as ORU^R01."""
     from dbserver.reports import ReportError, add_report
@@ -480,6 +481,9 @@ def report_add(
         _fail(str(exc), 2)
     except LookupError as exc:
         _fail(str(exc).strip("'\""))
+    if as_json:
+        _print_json(result)
+        return
     where = result["destination"] or "no RIS destination yet: it waits in the outbox"
     out.print(f"report {result['report_id']} on {study_uid}: final, ORU^R01 {result['message_control_id']} "
               f"queued ({where})")
@@ -524,6 +528,7 @@ def hl7_outbox(
 def hl7_retry(
     messages: Annotated[Optional[list[str]], typer.Argument(help="outbox ids or message control IDs")] = None,
     every: Annotated[bool, typer.Option("--all", help="every waiting message")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Send waiting messages now instead of after their backoff.
 
@@ -540,6 +545,9 @@ def hl7_retry(
         _fail(str(exc), 2)
     except LookupError as exc:
         _fail(str(exc).strip("'\""))
+    if as_json:
+        _print_json({"retried": retried})
+        return
     out.print(f"{len(retried)} message(s) due now: {', '.join(retried)}" if retried else "nothing is waiting")
 
 
@@ -547,6 +555,7 @@ def hl7_retry(
 def hl7_cancel(
     message: Annotated[str, typer.Argument(help="outbox id or message control ID")],
     reason: Annotated[str, typer.Option(help="why it will not be sent (audited)")],
+    as_json: JsonOpt = False,
 ) -> None:
     """Stop delivering a message the RIS will never take; the report stays, marked not sent."""
     from dbserver.reports import OutboxError, cancel_outbox
@@ -559,4 +568,7 @@ def hl7_cancel(
         _fail(str(exc), 2)
     except LookupError as exc:
         _fail(str(exc).strip("'\""))
+    if as_json:
+        _print_json({"message_control_id": control_id, "state": "cancelled"})
+        return
     out.print(f"{control_id} cancelled: it will not be sent")

@@ -18,6 +18,7 @@ def curate(
     study_uid: Annotated[Optional[str], typer.Argument(help="the study to curate")] = None,
     all_studies: Annotated[bool, typer.Option("--all", help="every study")] = False,
     force: Annotated[bool, typer.Option("--force", help="redo what is done already")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Build the web cache of a study (or of all) now, in this process."""
     from sqlalchemy import select
@@ -61,6 +62,12 @@ def curate(
             progress.advance(task)
     for series_uid in sorted({s for _, s in rows}):
         build_series_document(settings, series_uid)
+    if as_json:
+        print_json({"outcomes": {k: len(v) for k, v in sorted(outcomes.items())}, "instances": outcomes,
+                    "errors": errors})
+        if errors:
+            raise typer.Exit(1)
+        return
     out.print(", ".join(f"{len(v)} {k}" for k, v in sorted(outcomes.items())))
     if errors:
         for uid, error in errors.items():
@@ -87,7 +94,7 @@ def usage(as_json: JsonOpt = False) -> None:
 
 @webcache_app.command("evict")
 def evict(to: Annotated[Optional[int], typer.Option("--to", help="bytes to keep (default: the low water mark)")]
-          = None) -> None:
+          = None, as_json: JsonOpt = False) -> None:
     """Evict least recently used entries now (they are rebuilt from the archive on demand)."""
     from curator.webcache import evict as webcache_evict
 
@@ -100,6 +107,9 @@ def evict(to: Annotated[Optional[int], typer.Option("--to", help="bytes to keep 
     if to is None:
         fail("the web cache has no limit (PACS_WEBCACHE_MAX_BYTES=0): say --to BYTES", 2)
     result = webcache_evict(settings, to)
+    if as_json:
+        print_json(result)
+        return
     out.print(f"evicted {result['evicted']} entries, {result['freed_bytes'] / 1e6:.1f} MB freed")
 
 

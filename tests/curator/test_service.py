@@ -216,11 +216,13 @@ def test_killed_curator_loses_nothing_and_the_cache_keeps_its_limit(
     assert usage["instances"]["evicted"] > 0
     evicted = [e for e in _entries(c).values() if e["state"] == "evicted"]
     assert not (c.data_dir / "webcache" / evicted[0]["wavelet_key"]).exists()
-    c.pacs("webcache", "evict", "--to", "0")
+    evicted_now = c.pacs_json("webcache", "evict", "--to", "0")
+    assert evicted_now["evicted"] > 0 and evicted_now["freed_bytes"] > 0, evicted_now
     assert c.pacs_json("webcache", "usage")["bytes"] == 0
 
     # a lost file is found by verify and rebuilt by the curator
-    c.pacs("curate", study)
+    curated = c.pacs_json("curate", study)
+    assert curated["errors"] == {} and curated["outcomes"].get("done", 0) > 0, curated
     # the sweeper brings the cache back under its limit: the victim must not be one it evicts
     wait_until(lambda: c.pacs_json("webcache", "usage")["bytes"] <= 3_000_000, timeout=60)
     victim = next(e for e in _entries(c).values() if e["state"] == "done")

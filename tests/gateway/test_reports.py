@@ -77,11 +77,15 @@ def test_report_waits_for_the_ris_survives_a_restart_and_arrives_once(
         # a RIS that answers AE gets the same message again until it answers AA
         receiver.code = "AE"
         text.write_text("ADDENDUM: none.")
-        c.pacs("report", "add", uid, "--file", str(text), "--author", "DOC^DORA")
+        queued = c.pacs_json("report", "add", uid, "--file", str(text), "--author", "DOC^DORA")
+        assert queued["study_instance_uid"] == uid and queued["destination"] == f"127.0.0.1:{ris_port}"
         wait_until(lambda: len(receiver.received) >= 3)
         second = [m for m in _outbox(c) if m["message_control_id"] != control_id][0]
+        assert second["message_control_id"] == queued["message_control_id"]
         assert second["state"] == "waiting" and "AE" in second["last_error"]
         receiver.code = "AA"
+        # an administrator who knows the RIS is fixed sends it now rather than after the backoff
+        assert c.pacs_json("hl7", "retry", "--all") == {"retried": [queued["message_control_id"]]}
         wait_until(lambda: all(m["state"] == "sent" for m in _outbox(c)))
         ids = receiver.control_ids()
         assert ids.count(control_id) == 1 and set(ids) == {control_id, second["message_control_id"]}
@@ -116,6 +120,7 @@ def test_bad_reports_are_refused(cluster: Cluster, tmp_path: Path) -> None:
         res = cluster.pacs("hl7", *args, check=False)
         assert res.returncode == code and says in " ".join(res.stderr.split()), (args, res.stderr)
     assert "nothing is waiting" in cluster.pacs("hl7", "retry", "--all").stdout
+    assert cluster.pacs_json("hl7", "retry", "--all") == {"retried": []}
 
 
 def test_result_interpreter_and_procedure_are_escaped() -> None:
