@@ -176,6 +176,7 @@ def node_add(
     description: str = "",
     issuer: Annotated[str, typer.Option(
         help="Issuer of Patient ID (RIS domain) of the images it sends without one")] = "",
+    as_json: JsonOpt = False,
 ) -> None:
     """Add a DICOM node."""
     from dbserver.queries import add_node
@@ -187,6 +188,9 @@ def node_add(
                         description, issuer)
     except ValueError as exc:
         _fail(str(exc), 2)
+    if as_json:
+        _print_json(node)
+        return
     out.print(f"added {node['ae_title']} at {node['host']}:{node['port']} ({', '.join(node['roles'])})"
               + (f", Patient IDs of {node['issuer_of_patient_id']}" if node["issuer_of_patient_id"] else ""))
 
@@ -203,7 +207,7 @@ def node_list(as_json: JsonOpt = False) -> None:
 
 
 @node_app.command("remove")
-def node_remove(ae_title: str) -> None:
+def node_remove(ae_title: str, as_json: JsonOpt = False) -> None:
     """Remove a DICOM node."""
     from dbserver.queries import remove_node
 
@@ -211,6 +215,9 @@ def node_remove(ae_title: str) -> None:
     _ready(settings)
     if not remove_node(settings, ae_title):
         _fail(f"no node {ae_title!r}")
+    if as_json:
+        _print_json({"ae_title": ae_title, "removed": True})
+        return
     out.print(f"removed {ae_title}")
 
 

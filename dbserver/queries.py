@@ -190,18 +190,20 @@ def add_node(settings: Settings, ae_title: str, host: str, port: int, roles: lis
                          description=description, issuer_of_patient_id=issuer)
         session.add(node)
         audit(session, "node-add", "node", ae_title.strip(), host=host, port=port, issuer=issuer)
-        return {"ae_title": node.ae_title, "host": host, "port": port, "roles": sorted(set(roles)),
-                "issuer_of_patient_id": issuer}
+        return _node_row(node)
 
     return run_in_transaction(work, settings)
 
 
+def _node_row(n: DicomNode) -> dict[str, Any]:
+    return {"ae_title": n.ae_title, "host": n.host, "port": n.port,
+            "roles": [r for r in n.roles.split(",") if r], "description": n.description,
+            "issuer_of_patient_id": n.issuer_of_patient_id}
+
+
 def list_nodes(settings: Settings) -> list[dict[str, Any]]:
     with unit_of_work(settings) as session:
-        return [{"ae_title": n.ae_title, "host": n.host, "port": n.port,
-                 "roles": [r for r in n.roles.split(",") if r], "description": n.description,
-                 "issuer_of_patient_id": n.issuer_of_patient_id}
-                for n in session.scalars(select(DicomNode).order_by(DicomNode.ae_title))]
+        return [_node_row(n) for n in session.scalars(select(DicomNode).order_by(DicomNode.ae_title))]
 
 
 def remove_node(settings: Settings, ae_title: str) -> bool:

@@ -58,11 +58,12 @@ def test_node_add_list_remove(c: Cluster) -> None:
     assert nodes["CT_SCANNER_1"] == {"ae_title": "CT_SCANNER_1", "host": "10.1.2.3", "port": 104,
                                      "roles": ["query", "store"], "description": "CT room 1",
                                      "issuer_of_patient_id": ""}
-    c.pacs("node", "add", "US_1", "10.1.2.9", "104", "--issuer", "HOSP_A")
-    assert {n["ae_title"]: n for n in c.pacs_json("node", "list")}["US_1"]["issuer_of_patient_id"] == "HOSP_A"
+    added = c.pacs_json("node", "add", "US_1", "10.1.2.9", "104", "--issuer", "HOSP_A")
+    assert {n["ae_title"]: n for n in c.pacs_json("node", "list")}["US_1"] == added
+    assert added["issuer_of_patient_id"] == "HOSP_A"
     bad_issuer = c.pacs("node", "add", "US_2", "10.1.2.9", "104", "--issuer", "A^B", check=False)
     assert bad_issuer.returncode == 2 and "issuer" in bad_issuer.stderr
-    c.pacs("node", "remove", "US_1")
+    assert c.pacs_json("node", "remove", "US_1") == {"ae_title": "US_1", "removed": True}
 
     dup = c.pacs("node", "add", "CT_SCANNER_1", "10.9.9.9", "11112", check=False)
     assert dup.returncode != 0
