@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from tests.cluster import Cluster
+from tests.cluster import Cluster, wait_until
 
 IMPORTED = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm"]  # distinct SOP Instance UIDs, 3 studies
 
@@ -144,13 +144,15 @@ def test_tables_and_messages_are_never_cut(c: Cluster, tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 1, (res.stdout, res.stderr)
     assert any(str(folder / "broken.dcm") in line for line in res.stdout.splitlines()), res.stdout
-    c.wait_indexed(1, archived=False)
+    ct_study = str(pydicom.dcmread(folder / "ct.dcm", stop_before_pixels=True).StudyInstanceUID)
+    wait_until(lambda: any(s["study_instance_uid"] == ct_study for s in c.studies()))
 
+    studies = c.studies()
     listed = subprocess.run([sys.executable, "-m", "admin.cli", "study", "list"], env=narrow,
                             capture_output=True, text=True, timeout=60, check=True).stdout
     assert "…" not in listed, listed
     lines = listed.splitlines()
-    for study in c.studies():
+    for study in studies:
         row = next((line for line in lines if study["study_instance_uid"] in line), None)
         assert row is not None, (study["study_instance_uid"], listed)
         assert study["patient_name"] in row and f" {study['num_instances']} " in row, (study, row)
