@@ -27,7 +27,12 @@ def named_issuer(issuer: str) -> str:
 
 
 class PatientIdentityError(ValueError):
-    """The change cannot be applied (unknown patient, identifier taken)."""
+    """The change cannot be applied: the patient it names is unknown (or
+    is the survivor itself)."""
+
+
+class PatientIdTakenError(PatientIdentityError):
+    """The new identifier belongs to another patient already."""
 
 
 def find_patient(session: Session, patient_id: str, issuer: str) -> Patient | None:
@@ -88,7 +93,7 @@ def change_patient_id(session: Session, prior_id: str, issuer: str, new_id: str,
         raise PatientIdentityError(f"MRG-1: no patient {prior_id} ({issuer}) to change")
     taken = find_patient(session, new_id, new_issuer)
     if taken is not None and taken.id != patient.id:
-        raise PatientIdentityError(f"PID-3: patient {new_id} ({new_issuer}) exists already; merging is ADT^A40")
+        raise PatientIdTakenError(f"PID-3: patient {new_id} ({new_issuer}) exists already; merging is ADT^A40")
     prior_issuer = patient.issuer_of_patient_id
     patient.patient_id, patient.issuer_of_patient_id = new_id, new_issuer
     patient.updated_at = patient.ris_updated_at = utcnow()

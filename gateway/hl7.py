@@ -41,7 +41,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from sqlalchemy.orm import Session
 
 from dbserver.models import Hl7Message, Order, RisDomain, utcnow
-from dbserver.patients import PatientIdentityError, change_patient_id, merge_patients
+from dbserver.patients import PatientIdentityError, PatientIdTakenError, change_patient_id, merge_patients
 from dbserver.validation import revalidate_accession
 from dbserver.worklist import CANCELLED, COMPLETED, SCHEDULED, OrderFields, save_order, save_patient
 from services.db import run_in_transaction
@@ -289,9 +289,10 @@ def apply_change_id(session: Session, msg: hl7.Message, issuer: str, settings: S
     fields["issuer_of_patient_id"] = new_issuer
     try:
         change_patient_id(session, prior_id, prior_issuer, new_id, _field(msg, "MSH", 10), new_issuer)
-    except PatientIdentityError as exc:  # no such patient (204), or the new identifier is taken (205)
-        raise Hl7Error(str(exc), *(("MRG^1^1", "204") if str(exc).startswith("MRG") else ("PID^1^3", "205"))
-                       ) from None
+    except PatientIdTakenError as exc:
+        raise Hl7Error(str(exc), "PID^1^3", "205") from None
+    except PatientIdentityError as exc:
+        raise Hl7Error(str(exc), "MRG^1^1", "204") from None
     save_patient(session, **fields)
     return f"patient {prior_id} ({prior_issuer}) is now {new_id} ({new_issuer})"
 
