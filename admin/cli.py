@@ -288,8 +288,8 @@ def export(
     or rejected study is refused unless --force."""
     from dbserver.corrections import outgoing
     from dbserver.validation import HIDDEN
-    from services.uids import check_uid
     from services.transfer import fetch
+    from services.uids import check_uid
 
     settings = _settings()
     _ready(settings)

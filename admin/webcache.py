@@ -28,8 +28,8 @@ def curate(
     from curator.webcache import FAILED, QUEUED
     from dbserver.models import Instance, Series, Study
     from services.db import unit_of_work
-    from services.uids import check_uid
     from services.errors import PacsError
+    from services.uids import check_uid
 
     settings = settings_or_exit()
     ready(settings)

@@ -39,11 +39,11 @@ from curator.webcache import (
 )
 from dbserver.models import Instance, ObjectCopy, Series, Study, WebcacheEntry, WebcacheSeries, utcnow
 from services.db import run_in_transaction, unit_of_work
-from services.uids import check_uid
 from services.errors import PacsError
 from services.settings import Settings
 from services.sqlutil import insert_ignore
 from services.transfer import fetch
+from services.uids import check_uid
 
 LOG = logging.getLogger(__name__)
 

@@ -29,10 +29,10 @@ from sqlalchemy.orm import Session
 
 from dbserver.models import WebcacheEntry, WebcacheSeries
 from services.db import run_in_transaction, unit_of_work
-from services.uids import check_uid
 from services.errors import StorageError
 from services.settings import Settings
 from services.storage import BlobStore, open_store
+from services.uids import check_uid
 
 LOG = logging.getLogger(__name__)
 

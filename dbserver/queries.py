@@ -23,8 +23,8 @@ from dbserver.models import (
 from dbserver.patients import NO_PATIENT_ID
 from dbserver.validation import ACCEPTED, DEMOGRAPHICS, HIDDEN, QUARANTINED, RECONCILED, REJECTED
 from services.db import run_in_transaction, unit_of_work
-from services.uids import check_uid
 from services.settings import Settings
+from services.uids import check_uid
 
 
 def audit(session: Session, action: str, resource_type: str = "", resource_uid: str = "",

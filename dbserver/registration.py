@@ -34,9 +34,9 @@ from dbserver.models import (
 from dbserver.patients import NO_PATIENT_ID
 from dbserver.validation import DEMOGRAPHICS, validate_studies
 from services.db import run_in_transaction, unit_of_work
-from services.uids import check_uid
 from services.settings import Settings, get_settings
 from services.sqlutil import insert_ignore
+from services.uids import check_uid
 
 LOG = logging.getLogger(__name__)
 

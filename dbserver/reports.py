@@ -17,13 +17,13 @@ from sqlalchemy.orm import Session
 
 from dbserver.domains import report_domain
 from dbserver.models import Change, Hl7Outbox, Order, Patient, Report, RisDomain, Study, utcnow
+from dbserver.patients import NO_PATIENT_ID
 from dbserver.queries import audit
-from dbserver.registration import NO_PATIENT_ID
 from dbserver.validation import HIDDEN
 from services.db import run_in_transaction, unit_of_work
-from services.uids import check_uid
 from services.mllp import escape, hl7_timestamp, xpn
 from services.settings import Settings
+from services.uids import check_uid
 
 FINAL = "final"
 REPORTED = "reported"

@@ -45,10 +45,10 @@ from dbserver.patients import PatientIdentityError, PatientIdTakenError, change_
 from dbserver.validation import revalidate_accession
 from dbserver.worklist import CANCELLED, COMPLETED, SCHEDULED, OrderFields, save_order, save_patient
 from services.db import run_in_transaction
-from services.uids import is_valid_uid
 from services.mllp import VT, CharsetError, FrameReader, FrameTooLarge, declared_charset, decode_message, escape, frame
 from services.net import accept_loop
 from services.settings import Settings
+from services.uids import is_valid_uid
 
 __all__ = ["FrameReader", "FrameTooLarge", "Hl7Listener", "frame", "handle", "respond", "start"]
 

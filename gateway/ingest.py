@@ -30,11 +30,12 @@ from sqlalchemy import select
 from dbserver.models import Instance, ObjectCopy
 from dbserver.registration import registered
 from services.db import get_engine
-from services.dicom import Header, check_uid, file_meta_bytes, file_meta_end, read_header, read_header_parts
+from services.dicom import Header, file_meta_bytes, file_meta_end, read_header, read_header_parts
 from services.errors import DuplicateRejectedError, InvalidDicomError, PacsError, TransferError
 from services.settings import Settings, get_settings
 from services.tasks import T_REGISTER_INSTANCES, send
 from services.transfer import Outgoing, handoff
+from services.uids import check_uid
 from gateway.spool import SpoolFile, SpoolFolder, owners
 
 LOG = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from pydicom.filereader import read_sequence
 
 from services.dicomscan import Unsupported, scan, scan_meta
 from services.errors import InvalidDicomError
-from services.uids import check_uid, is_valid_uid  # noqa: F401 - part of this module's interface
+from services.uids import check_uid
 
 # Transfer syntaxes accepted for storage: native, deflate and the common
 # compressed ones. Objects are stored as received, never transcoded.

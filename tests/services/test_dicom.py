@@ -13,8 +13,9 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from services.dicom import check_uid, file_meta_bytes, file_meta_end, is_valid_uid, read_header
+from services.dicom import file_meta_bytes, file_meta_end, read_header
 from services.errors import InvalidDicomError
+from services.uids import check_uid, is_valid_uid
 
 
 # --- UIDs -------------------------------------------------------------------------
