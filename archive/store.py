@@ -148,7 +148,8 @@ def sweep_inbox(settings: Settings | None = None, now: float | None = None) -> d
     settings = settings or get_settings()
     inbox = settings.archive_inbox_path
     limit = (time.time() if now is None else now) - settings.archive_inbox_stale_seconds
-    taken = deleted = 0
+    stale: list[list] = []
+    deleted = 0
     try:
         entries = list(os.scandir(inbox))
     except FileNotFoundError:
@@ -160,12 +161,14 @@ def sweep_inbox(settings: Settings | None = None, now: float | None = None) -> d
                 continue
             match = _INBOX_OBJECT.match(entry.name)
             if match:
-                taken += accept_from_inbox([[match.group(1), st.st_size]], settings)
+                stale.append([match.group(1), st.st_size])
             elif entry.name.startswith(".http.") and entry.name.endswith(".tmp"):
                 os.unlink(entry.path)
                 deleted += 1
         except FileNotFoundError:
             continue  # taken meanwhile by its own task
+    # one batch, as if announced together (a file gone meanwhile is skipped there)
+    taken = accept_from_inbox(stale, settings) if stale else 0
     if taken or deleted:
         LOG.warning("archive inbox: %d unannounced objects taken, %d stale uploads deleted", taken, deleted)
     return {"taken": taken, "deleted": deleted}
